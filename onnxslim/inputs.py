@@ -1,0 +1,212 @@
+"""Model inputs for validation and calibration: seeded from the signature, or the user's data.
+
+Random inputs are built from each graph input's dtype and shape. Dynamic dimensions come from
+``--input-shape name=1x3x224x224``; otherwise the leading dimension is 1 and every other
+unknown dimension is :data:`DEFAULT_DIM` (64: divisible by a typical CNN's stride of 32 and a
+plausible sequence length), with a warning naming the dims chosen. Integer inputs get valid
+small ranges: Gather indices stay inside the table, "mask" inputs are ones, other ids are in
+``[0, 10)``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import warnings
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import onnx_ir as ir
+
+from .errors import ModelError, UsageError
+
+Sample = dict[str, np.ndarray]
+
+DEFAULT_DIM = 64
+DEFAULT_BATCH = 1
+DEFAULT_INT_HIGH = 10
+
+
+def model_inputs(model: ir.Model) -> list[ir.Value]:
+    """Graph inputs that need feeding (inputs that are also initializers are optional)."""
+    return [v for v in model.graph.inputs if not (v.is_initializer() and v.const_value is not None)]
+
+
+def parse_shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
+    """Parse ``name=1x3x224x224`` (``name=`` for a scalar)."""
+    name, sep, dims = text.rpartition("=")
+    if not sep or not name:
+        raise UsageError(f"--input-shape: expected name=1x3x224x224, got {text!r}")
+    try:
+        shape = tuple(int(d) for d in dims.split("x")) if dims else ()
+    except ValueError:
+        raise UsageError(f"--input-shape: bad dimensions in {text!r}") from None
+    if any(d <= 0 for d in shape):
+        raise UsageError(f"--input-shape: dimensions must be positive in {text!r}")
+    return name, shape
+
+
+def resolve_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
+    """A concrete shape for every input; unknown dims get documented defaults with a warning."""
+    shapes = dict(shapes or {})
+    inputs = model_inputs(model)
+    names = {v.name for v in inputs}
+    for name in shapes:
+        if name not in names:
+            raise UsageError(f"--input-shape: model has no input {name!r} (inputs: {', '.join(sorted(names))})")
+    resolved: dict[str, tuple[int, ...]] = {}
+    defaulted: list[str] = []
+    for value in inputs:
+        declared = value.shape
+        if value.name in shapes:
+            shape = tuple(shapes[value.name])
+            if declared is not None and len(declared) != len(shape):
+                raise UsageError(f"--input-shape: input {value.name!r} has rank {len(declared)}, got {len(shape)} dims")
+            if declared is not None:
+                for have, want in zip(declared, shape):
+                    if isinstance(have, int) and have != want:
+                        raise UsageError(f"--input-shape: input {value.name!r} has fixed dim {have}, got {want}")
+            resolved[value.name] = shape
+            continue
+        if declared is None:
+            raise UsageError(f"input {value.name!r} has no declared shape; give it with --input-shape {value.name}=...")
+        dims = []
+        for axis, dim in enumerate(declared):
+            if isinstance(dim, int):
+                dims.append(dim)
+            else:
+                dims.append(DEFAULT_BATCH if axis == 0 else DEFAULT_DIM)
+                defaulted.append(f"{value.name}[{axis}]={dims[-1]}")
+        resolved[value.name] = tuple(dims)
+    if defaulted:
+        warnings.warn(
+            f"dynamic input dims defaulted ({', '.join(defaulted)}); set them with --input-shape",
+            stacklevel=2,
+        )
+    return resolved
+
+
+def _gather_bound(value: ir.Value) -> int | None:
+    """If ``value`` indexes a constant table (Gather indices), the table's size along the axis."""
+    for use in value.uses():
+        node = use.node
+        if node.op_type == "Gather" and use.idx == 1:
+            table = node.inputs[0]
+            data = table.const_value if table is not None else None
+            if data is None and table is not None and table.producer() is not None:
+                prod = table.producer()
+                if prod.op_type == "Constant" and "value" in prod.attributes:
+                    data = prod.attributes["value"].as_tensor()
+            if data is not None:
+                attr = node.attributes.get("axis")
+                axis = attr.as_int() if attr is not None else 0
+                return int(data.shape[axis])
+        if node.op_type in ("Cast", "Unsqueeze", "Reshape", "Identity") and use.idx == 0:
+            bound = _gather_bound(node.outputs[0])
+            if bound is not None:
+                return bound
+    return None
+
+
+def random_samples(
+    model: ir.Model, count: int = 1, seed: int = 0, shapes: Mapping[str, Sequence[int]] | None = None
+) -> list[Sample]:
+    """``count`` seeded random samples matching the input signature."""
+    resolved = resolve_shapes(model, shapes)
+    rng = np.random.default_rng(seed)
+    samples = []
+    for _ in range(count):
+        sample: Sample = {}
+        for value in model_inputs(model):
+            shape = resolved[value.name]
+            dtype = value.dtype
+            if dtype is None:
+                raise UsageError(f"input {value.name!r} has no declared type; provide data with --inputs")
+            np_dtype = dtype.numpy()
+            if dtype == ir.DataType.BOOL:
+                arr = rng.random(shape) < 0.5
+            elif dtype.is_floating_point():
+                arr = rng.standard_normal(shape).astype(np_dtype)
+            elif dtype.is_integer():
+                if "mask" in (value.name or "").lower():
+                    arr = np.ones(shape, dtype=np_dtype)
+                else:
+                    high = _gather_bound(value) or DEFAULT_INT_HIGH
+                    arr = rng.integers(0, high, size=shape).astype(np_dtype)
+            elif dtype == ir.DataType.STRING:
+                arr = np.array(rng.choice(["a", "b", "c"], size=shape), dtype=object)
+            else:
+                raise UsageError(f"input {value.name!r} has type {dtype.name}; provide data with --inputs")
+            sample[value.name] = np.ascontiguousarray(arr)
+        samples.append(sample)
+    return samples
+
+
+def load_samples(path: str | Path, model: ir.Model) -> list[Sample]:
+    """Samples from an ``.npz`` keyed by input name.
+
+    An array with one more dimension than the input's rank holds several samples along axis 0;
+    an array of the input's rank is one sample. Every required input must be present.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise UsageError(f"{path}: no such input data file")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except Exception as exc:
+        raise UsageError(f"{path}: not a readable .npz file ({type(exc).__name__})") from None
+    inputs = model_inputs(model)
+    names = {v.name for v in inputs}
+    unknown = sorted(set(arrays) - names)
+    if unknown:
+        raise UsageError(f"{path}: model has no input {unknown[0]!r} (inputs: {', '.join(sorted(names))})")
+    missing = sorted(names - set(arrays))
+    if missing:
+        raise UsageError(f"{path}: no data for input {missing[0]!r}")
+    counts = set()
+    split: dict[str, list[np.ndarray]] = {}
+    for value in inputs:
+        arr = arrays[value.name]
+        rank = len(value.shape) if value.shape is not None else arr.ndim
+        if arr.ndim == rank + 1:
+            split[value.name] = list(arr)
+        elif arr.ndim == rank:
+            split[value.name] = [arr]
+        else:
+            raise UsageError(f"{path}: {value.name!r} has rank {arr.ndim}, the input has rank {rank}")
+        if value.dtype is not None and arr.dtype != value.dtype.numpy():
+            split[value.name] = [a.astype(value.dtype.numpy()) for a in split[value.name]]
+        counts.add(len(split[value.name]))
+    if len(counts) > 1:
+        raise UsageError(f"{path}: inputs hold different numbers of samples {sorted(counts)}")
+    n = counts.pop() if counts else 1
+    return [{name: np.ascontiguousarray(arrs[i]) for name, arrs in split.items()} for i in range(n)]
+
+
+@dataclasses.dataclass
+class InputConfig:
+    """Where samples come from: a data file, or seeded random data with optional shapes."""
+
+    data: str | Path | Sequence[Sample] | None = None
+    shapes: Mapping[str, Sequence[int]] | None = None
+    count: int = 2
+    seed: int = 0
+
+    def samples(self, model: ir.Model) -> list[Sample]:
+        if self.data is None:
+            return random_samples(model, self.count, self.seed, self.shapes)
+        if isinstance(self.data, (str, Path)):
+            return load_samples(self.data, model)
+        samples = [dict(s) for s in self.data]
+        if not samples:
+            raise UsageError("no input samples given")
+        return samples
+
+
+def check_feeds(model: ir.Model, samples: Sequence[Sample]) -> None:
+    names = {v.name for v in model_inputs(model)}
+    for sample in samples:
+        missing = names - set(sample)
+        if missing:
+            raise ModelError(f"input sample lacks {sorted(missing)[0]!r}")

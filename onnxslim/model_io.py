@@ -1,0 +1,327 @@
+"""Loading and saving models: every check on the way in, atomic writes on the way out.
+
+Load goes through ``onnx.load(load_external_data=False)`` and ``onnx_ir`` deserialisation, so
+external weights stay on disk (memory-mapped on first use) and a model is never held twice.
+Standard ``sparse_initializer`` entries (which onnx-ir would drop) become dense initializers
+marked with :data:`~onnxslim.constants.SPARSE_FORMAT_KEY`; :func:`save` writes marked ones back
+as sparse tensors, so nothing is lost and passes see ordinary weights.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+from google.protobuf.message import DecodeError
+
+from .constants import SPARSE_FORMAT_KEY, all_graphs
+from .errors import ModelError
+
+#: onnxruntime 1.31 refuses IR version 14 (onnx 1.23's default); never write more than this.
+MAX_IR_VERSION = 13
+#: Above this many weight bytes the model is saved with external data (protobuf's limit is 2 GiB).
+INLINE_LIMIT_BYTES = 1_900_000_000
+
+ModelSource = str | os.PathLike | bytes | onnx.ModelProto | ir.Model
+
+
+@dataclasses.dataclass
+class Document:
+    """A loaded model. ``model`` is the onnx-ir graph, or None when onnx-ir cannot represent it.
+
+    In the latter case ``proto`` keeps the model exactly as read (passes are skipped with
+    ``unsupported`` as the reason) and it is written back unchanged.
+    """
+
+    model: ir.Model | None
+    proto: onnx.ModelProto | None = None
+    path: Path | None = None
+    unsupported: str | None = None
+
+
+def load(source: ModelSource) -> ir.Model:
+    """Load a model for editing; raise ``ModelError`` if it cannot be read or represented."""
+    doc = load_document(source)
+    if doc.model is None:
+        raise ModelError(f"onnx-ir cannot represent this model: {doc.unsupported}")
+    return doc.model
+
+
+def load_document(source: ModelSource) -> Document:
+    """Load a model from a path, bytes, a ModelProto or an ``ir.Model`` with every input check."""
+    if isinstance(source, ir.Model):
+        return Document(source)
+    path: Path | None = None
+    if isinstance(source, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(source)  # never modify the caller's proto
+    elif isinstance(source, (bytes, bytearray)):
+        proto = _parse(bytes(source), "<bytes>")
+    else:
+        path = Path(source)
+        if not path.exists():
+            raise ModelError(f"{path}: no such file")
+        if path.is_dir():
+            raise ModelError(f"{path}: is a directory, not an ONNX file")
+        proto = _parse_file(path)
+    where = str(path) if path else "model"
+    base_dir = path.parent if path else None
+    _check_structure(proto, where)
+    _check_external_data(proto, base_dir, where)
+    sparse_names = _densify_sparse_initializers(proto)
+    try:
+        model = ir.serde.deserialize_model(proto)
+    except Exception as exc:
+        root = _root_cause(exc)
+        if isinstance(root, NotImplementedError):  # valid ONNX that onnx-ir cannot hold
+            return Document(None, proto, path, unsupported=str(root).split(". Please")[0])
+        raise ModelError(f"{where}: cannot read model: {str(root).splitlines()[0]}") from exc
+    if base_dir is not None:
+        for graph in all_graphs(model):
+            ir.external_data.set_base_dir(graph, base_dir)
+    for graph in all_graphs(model):
+        for value in graph.initializers.values():
+            if value.name in sparse_names:
+                value.meta[SPARSE_FORMAT_KEY] = "coo"
+    return Document(model, None, path)
+
+
+def _root_cause(exc: BaseException) -> BaseException:
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    return exc
+
+
+def _parse_file(path: Path) -> onnx.ModelProto:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ModelError(f"{path}: cannot read: {exc.strerror}") from exc
+    return _parse(data, str(path))
+
+
+def _parse(data: bytes, where: str) -> onnx.ModelProto:
+    if not data:
+        raise ModelError(f"{where}: empty file, not an ONNX model")
+    proto = onnx.ModelProto()
+    try:
+        proto.ParseFromString(data)
+    except (DecodeError, RuntimeError, ValueError) as exc:
+        raise ModelError(f"{where}: not an ONNX model (protobuf parse failed; truncated or not ONNX)") from exc
+    if not proto.HasField("graph") or not proto.opset_import:
+        raise ModelError(f"{where}: not an ONNX model (no graph or opset import)")
+    return proto
+
+
+def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield attr.g
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                yield from attr.graphs
+
+
+def _all_proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    yield graph
+    for sub in _subgraphs(graph):
+        yield from _all_proto_graphs(sub)
+
+
+def _check_structure(proto: onnx.ModelProto, where: str) -> None:
+    """Every node input must name something defined (dangling inputs are a common corruption)."""
+
+    def visit(graph: onnx.GraphProto, outer: set[str]) -> None:
+        known = set(outer)
+        known.update(i.name for i in graph.input)
+        known.update(t.name for t in graph.initializer)
+        known.update(s.values.name for s in graph.sparse_initializer)
+        for node in graph.node:
+            known.update(node.output)
+        for node in graph.node:
+            for name in node.input:
+                if name and name not in known:
+                    label = node.name or node.op_type
+                    raise ModelError(f"{where}: node {label!r} reads {name!r}, which nothing produces (dangling input)")
+            for attr in node.attribute:
+                subs = [attr.g] if attr.type == onnx.AttributeProto.GRAPH else list(attr.graphs)
+                for sub in subs:
+                    visit(sub, known)
+        for out in graph.output:
+            if out.name not in known:
+                raise ModelError(f"{where}: graph output {out.name!r} is not produced by any node")
+
+    visit(proto.graph, set())
+
+
+def _external_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
+    for graph in _all_proto_graphs(proto.graph):
+        yield from graph.initializer
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.TENSOR:
+                    yield attr.t
+
+
+def _check_external_data(proto: onnx.ModelProto, base_dir: Path | None, where: str) -> None:
+    for tensor in _external_tensors(proto):
+        if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            continue
+        info = {e.key: e.value for e in tensor.external_data}
+        location = info.get("location", "")
+        if base_dir is None:
+            raise ModelError(f"{where}: tensor {tensor.name!r} uses external data {location!r}; load the model from its path")
+        file = base_dir / location
+        if not location or not file.is_file():
+            raise ModelError(f"{where}: external data file {location!r} for tensor {tensor.name!r} is missing")
+        end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        if end > file.stat().st_size:
+            raise ModelError(f"{where}: external data file {location!r} is truncated (tensor {tensor.name!r} needs {end} bytes)")
+
+
+def _sparse_to_dense(sparse: onnx.SparseTensorProto) -> onnx.TensorProto:
+    values = onnx.numpy_helper.to_array(sparse.values)
+    indices = onnx.numpy_helper.to_array(sparse.indices).astype(np.int64)
+    dims = tuple(sparse.dims)
+    dense = np.zeros(int(np.prod(dims)) if dims else 1, dtype=values.dtype)
+    if indices.ndim == 2:  # [NNZ, rank] coordinates
+        indices = np.ravel_multi_index(tuple(indices.T), dims) if len(dims) else indices[:, 0]
+    dense[indices] = values
+    return onnx.numpy_helper.from_array(dense.reshape(dims), name=sparse.values.name)
+
+
+def _densify_sparse_initializers(proto: onnx.ModelProto) -> set[str]:
+    names = set()
+    for graph in _all_proto_graphs(proto.graph):
+        for sparse in graph.sparse_initializer:
+            graph.initializer.append(_sparse_to_dense(sparse))
+            names.add(sparse.values.name)
+        del graph.sparse_initializer[:]
+    return names
+
+
+def _dense_to_coo(tensor: onnx.TensorProto) -> onnx.SparseTensorProto:
+    array = onnx.numpy_helper.to_array(tensor)
+    flat = array.reshape(-1)
+    idx = np.flatnonzero(flat).astype(np.int64)  # sorted, as the standard requires
+    values = onnx.numpy_helper.from_array(flat[idx], name=tensor.name)
+    indices = onnx.numpy_helper.from_array(idx, name=f"{tensor.name}_indices")
+    return onnx.helper.make_sparse_tensor(values, indices, list(array.shape))
+
+
+def _restore_sparse_initializers(proto: onnx.ModelProto, names: set[str]) -> None:
+    for graph in _all_proto_graphs(proto.graph):
+        keep = []
+        for tensor in graph.initializer:
+            if tensor.name in names:
+                graph.sparse_initializer.append(_dense_to_coo(tensor))
+            else:
+                keep.append(tensor)
+        if len(keep) != len(graph.initializer):
+            del graph.initializer[:]
+            graph.initializer.extend(keep)
+
+
+def _sparse_marked(model: ir.Model) -> set[str]:
+    return {
+        v.name
+        for graph in all_graphs(model)
+        for v in graph.initializers.values()
+        if v.meta.get(SPARSE_FORMAT_KEY) == "coo" and v.const_value is not None and not v.is_graph_input()
+    }
+
+
+def to_proto(model: ir.Model) -> onnx.ModelProto:
+    """Serialise in memory (weights inline), with sparse-marked initializers restored."""
+    originals = _materialise_external(model)
+    try:
+        proto = ir.serde.serialize_model(model)
+    finally:
+        for value, tensor in originals:
+            value.const_value = tensor
+    _restore_sparse_initializers(proto, _sparse_marked(model))
+    proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+    return proto
+
+
+def to_bytes(model: ir.Model | onnx.ModelProto) -> bytes:
+    proto = model if isinstance(model, onnx.ModelProto) else to_proto(model)
+    return proto.SerializeToString()
+
+
+def _materialise_external(model: ir.Model) -> list[tuple[ir.Value, ir.TensorProtocol]]:
+    """Swap external tensors for in-memory ones (returned so the caller can restore them)."""
+    swapped = []
+    for graph in all_graphs(model):
+        for value in graph.initializers.values():
+            tensor = value.const_value
+            if isinstance(tensor, ir.ExternalTensor):
+                swapped.append((value, tensor))
+                value.const_value = ir.Tensor(tensor.numpy(), name=value.name)
+    return swapped
+
+
+def save(
+    model: ir.Model | onnx.ModelProto,
+    path: str | os.PathLike,
+    *,
+    external_data: bool | None = None,
+    overwrite_input: Path | None = None,
+) -> list[Path]:
+    """Write ``model`` atomically; return the files written.
+
+    ``external_data`` None picks inline below :data:`INLINE_LIMIT_BYTES` of weights and an
+    external ``<name>.data`` file next to the output above it. Everything is written into a
+    temporary directory beside the target and renamed into place, so a failure leaves no partial
+    output and reading lazily from an input that is being replaced stays safe.
+    """
+    path = Path(path)
+    target_dir = path.parent if str(path.parent) else Path(".")
+    if not target_dir.is_dir():
+        raise ModelError(f"{path}: output directory {target_dir} does not exist")
+    if isinstance(model, ir.Model) and model.ir_version > MAX_IR_VERSION:
+        model.ir_version = MAX_IR_VERSION
+    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=target_dir))
+    try:
+        written = _write(model, tmp_dir / path.name, external_data)
+        final = []
+        for file in written:
+            dest = target_dir / file.name
+            os.replace(file, dest)
+            final.append(dest)
+        return final
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+def _write(model: ir.Model | onnx.ModelProto, path: Path, external_data: bool | None) -> list[Path]:
+    if isinstance(model, onnx.ModelProto):
+        proto = onnx.ModelProto()
+        proto.CopyFrom(model)
+        proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+        onnx.save(proto, path)
+        return [path]
+    from .constants import weight_bytes
+
+    if external_data is None:
+        external_data = weight_bytes(model) > INLINE_LIMIT_BYTES
+    sparse = _sparse_marked(model)
+    if not external_data:
+        path.write_bytes(to_bytes(model))
+        return [path]
+    data_name = f"{path.name}.data"
+    if sparse:
+        # Sparse entries must be moved out of the initializer list in proto form.
+        proto = to_proto(model)
+        onnx.save(proto, path, save_as_external_data=True, location=data_name, size_threshold=1024)
+    else:
+        ir.save(model, path, external_data=data_name, size_threshold_bytes=1024)
+    data = path.parent / data_name
+    return [path, data] if data.exists() else [path]
