@@ -1,5 +1,31 @@
-"""onnxslim: prune, sparsify and slim ONNX models, checked against onnxruntime after every pass."""
+"""onnxslim: prune, sparsify and slim ONNX models, checked against onnxruntime after every pass.
+
+>>> result = onnxslim.optimize("in.onnx", passes="cleanup")  # doctest: +SKIP
+>>> print(result.report.render()); result.save("out.onnx")   # doctest: +SKIP
+"""
 
 from __future__ import annotations
 
+from .errors import ModelError, OnnxSlimError, PassFailedError, UsageError
+from .manager import OptimizeResult, optimize
+from .model_io import load, save
+from .pass_api import Pass, PassContext, PassResult, option
+from .validation import Tolerance
+
 __version__ = "0.1.0"
+
+__all__ = [
+    "ModelError",
+    "OnnxSlimError",
+    "OptimizeResult",
+    "Pass",
+    "PassContext",
+    "PassFailedError",
+    "PassResult",
+    "Tolerance",
+    "UsageError",
+    "load",
+    "optimize",
+    "option",
+    "save",
+]

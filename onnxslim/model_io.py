@@ -325,3 +325,18 @@ def _write(model: ir.Model | onnx.ModelProto, path: Path, external_data: bool | 
         ir.save(model, path, external_data=data_name, size_threshold_bytes=1024)
     data = path.parent / data_name
     return [path, data] if data.exists() else [path]
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a small text file (a report) via a temporary file and rename."""
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise ModelError(f"{path}: directory {directory} does not exist")
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise

@@ -1,0 +1,161 @@
+"""Command line: ``onnxslim in.onnx out.onnx --passes prune,sparsify`` and ``onnxslim passes``."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+from . import registry
+from .errors import OnnxSlimError, UsageError
+from .inputs import parse_shape_arg
+from .validation import Tolerance
+
+EPILOG = """\
+passes: name[:key=value[:key=value]][,name...]   e.g. --passes "prune:ratio=0.3:criterion=l2,sparsify"
+        list values are separated by '|', maps as 'k=v|k=v'; `onnxslim passes` lists passes and options.
+exit codes: 0 ok, 1 model problem or a pass failed under --strict, 2 usage error.
+"""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, like every other usage error
+        raise UsageError(message)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = _Parser(
+        prog="onnxslim",
+        description="Prune, sparsify and slim an ONNX model; every pass is checked against onnxruntime.",
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("input", help="input .onnx model (or 'passes' to list the available passes)")
+    p.add_argument("output", nargs="?", help="output .onnx path (omit with --dry-run)")
+    p.add_argument("--passes", help="pipeline, e.g. 'zeros,prune:ratio=0.3,sparsify' (default: cleanup)")
+    p.add_argument("--recipe", help="TOML recipe listing [[pass]] tables in order")
+    p.add_argument("--inputs", help=".npz of validation inputs keyed by input name (several samples allowed)")
+    p.add_argument("--calibration", help=".npz of calibration inputs for data-driven passes")
+    p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224", help="fix a dynamic input shape (repeatable)")
+    p.add_argument("--samples", type=int, default=2, help="random validation samples when --inputs is not given (default 2)")
+    p.add_argument("--seed", type=int, default=0, help="seed for random inputs and random criteria")
+    p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime comparison after each pass")
+    p.add_argument("--strict", action="store_true", help="a lossless pass outside tolerance (or a failing pass) is fatal")
+    p.add_argument("--min-cosine", type=float, help="roll back a lossy pass whose output cosine falls below this")
+    p.add_argument("--atol", type=float, default=Tolerance.atol, help="lossless tolerance: absolute part")
+    p.add_argument("--rtol", type=float, default=Tolerance.rtol, help="lossless tolerance: relative to max |reference|")
+    p.add_argument("--tolerance", action="append", default=[], metavar="OUTPUT=ATOL[:RTOL]", help="per-output tolerance")
+    p.add_argument("--report", help="write the JSON report here")
+    p.add_argument("--external-data", action="store_true", help="store weights in <output>.data (automatic above 2 GB)")
+    p.add_argument("--in-place", action="store_true", help="allow the output to overwrite the input")
+    p.add_argument("--dry-run", action="store_true", help="run and report (passes with a dry_run option only plan), write no model")
+    p.add_argument("--quiet", action="store_true", help="no progress and no table")
+    p.add_argument("--debug", action="store_true", help="show tracebacks")
+    return p
+
+
+def _tolerances(items: Sequence[str]) -> dict[str, Tolerance]:
+    result = {}
+    for item in items:
+        name, sep, spec = item.rpartition("=")
+        try:
+            if not sep or not name:
+                raise ValueError
+            atol, _, rtol = spec.partition(":")
+            result[name] = Tolerance(float(atol), float(rtol) if rtol else 0.0)
+        except ValueError:
+            raise UsageError(f"--tolerance: expected OUTPUT=ATOL[:RTOL], got {item!r}") from None
+    return result
+
+
+def list_passes() -> str:
+    lines = []
+    for name, cls in registry.available().items():
+        kind = "lossless" if cls.lossless else "lossy"
+        lines.append(f"{name}  ({kind})  {cls.summary}")
+        for spec in cls.option_specs():
+            lines.append(f"    {spec.name}={spec.default!r}  [{spec.type}]  {spec.help}")
+    return "\n".join(lines)
+
+
+def _apply_dry_run(pipeline: list) -> None:
+    import dataclasses
+
+    for p in pipeline:
+        if any(f.name == "dry_run" for f in dataclasses.fields(p.options)):
+            p.options = dataclasses.replace(p.options, dry_run=True)
+
+
+def run(argv: Sequence[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.input == "passes" and args.output is None:
+        print(list_passes())
+        return 0
+    from .manager import optimize
+
+    if args.output is None and not args.dry_run:
+        raise UsageError("missing output path (or use --dry-run)")
+    if args.passes and args.recipe:
+        raise UsageError("give --passes or --recipe, not both")
+    if args.samples < 1:
+        raise UsageError("--samples must be at least 1")
+    source, output = Path(args.input), Path(args.output) if args.output else None
+    if output is not None and not args.in_place and source.exists() and output.exists() and output.resolve() == source.resolve():
+        raise UsageError(f"{output}: refusing to overwrite the input model (use --in-place)")
+    pipeline = registry.load_recipe(args.recipe) if args.recipe else registry.build_all(args.passes)
+    if args.dry_run:
+        _apply_dry_run(pipeline)
+    shapes = dict(parse_shape_arg(s) for s in args.input_shape)
+    result = optimize(
+        source,
+        pipeline,
+        inputs=args.inputs,
+        input_shapes=shapes or None,
+        calibration=args.calibration,
+        validate=not args.no_validate,
+        strict=args.strict,
+        min_cosine=args.min_cosine,
+        tolerances=_tolerances(args.tolerance),
+        default_tolerance=Tolerance(args.atol, args.rtol),
+        samples=args.samples,
+        seed=args.seed,
+        progress=not args.quiet,
+    )
+    if output is not None and not args.dry_run:
+        result.save(output, external_data=True if args.external_data else None, in_place=args.in_place)
+    if args.report:
+        result.report.write_json(Path(args.report))
+    if not args.quiet:
+        print(result.report.render(), end="")
+        if result.report.output:
+            print(f"wrote {result.report.output} ({result.report.output_bytes} bytes)")
+    failed = [c for c, v in result.report.final_checks.items() if v != "ok"]
+    if failed:
+        print(f"onnxslim: warning: final check failed: {', '.join(failed)}", file=sys.stderr)
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    warnings.simplefilter("ignore" if not debug else "default")
+    try:
+        return run(argv)
+    except OnnxSlimError as exc:
+        if debug:
+            raise
+        print(f"onnxslim: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("onnxslim: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # a bug: still one line unless --debug
+        if debug:
+            raise
+        print(f"onnxslim: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

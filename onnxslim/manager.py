@@ -1,0 +1,252 @@
+"""The pass manager: run a pipeline, validate every pass against the original, roll back.
+
+For each pass: snapshot (``Model.clone`` shares tensors, so it is cheap; passes never mutate
+tensor data in place), run, check the graph (onnx checker on a weight-less skeleton), run the
+model in onnxruntime on the validation samples and compare with the reference outputs. A
+lossless pass outside tolerance, a lossy pass over the user's budget, or a pass that raised or
+produced a graph onnxruntime cannot run is rolled back and named in the report.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import os
+import sys
+import time
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import onnx
+import onnx_ir as ir
+
+from . import model_io, registry, runtime, shapes, stats, validation
+from .calibration import Calibration
+from .errors import ModelError, OnnxSlimError, PassFailedError, UsageError
+from .inputs import InputConfig, Sample
+from .pass_api import Pass, PassContext, PassResult
+from .report import APPLIED, FAILED, NO_CHANGE, ROLLED_BACK, SKIPPED, PassReport, Report
+from .validation import Tolerance
+
+PassSpec = str | Pass | Mapping[str, Any]
+
+
+@dataclasses.dataclass
+class OptimizeResult:
+    model: ir.Model | None
+    report: Report
+    #: The unchanged proto when onnx-ir could not represent the model (passes were skipped).
+    proto: onnx.ModelProto | None = None
+    source: Path | None = None
+
+    def save(self, path: str | os.PathLike, *, external_data: bool | None = None, in_place: bool = False) -> list[Path]:
+        """Write the result atomically; refuse to overwrite the input unless ``in_place``."""
+        path = Path(path)
+        if self.source is not None and not in_place and _same_file(path, self.source):
+            raise UsageError(f"{path}: refusing to overwrite the input model (use --in-place)")
+        target = self.model if self.model is not None else self.proto
+        files = model_io.save(target, path, external_data=external_data)
+        self.report.output = str(path)
+        self.report.output_bytes = sum(f.stat().st_size for f in files)
+        return files
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and os.path.samefile(a, b)
+    except OSError:
+        return False
+
+
+def optimize(
+    model: model_io.ModelSource,
+    passes: str | Sequence[PassSpec] | None = None,
+    *,
+    inputs: str | os.PathLike | Sequence[Sample] | None = None,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    calibration: str | os.PathLike | Sequence[Sample] | None = None,
+    validate: bool = True,
+    strict: bool = False,
+    min_cosine: float | None = None,
+    tolerances: Mapping[str, Tolerance] | None = None,
+    default_tolerance: Tolerance = Tolerance(),
+    samples: int = 2,
+    seed: int = 0,
+    progress: bool = False,
+    final_check: bool = True,
+) -> OptimizeResult:
+    """Load ``model``, run ``passes`` (default: ``cleanup``) with validation after each one.
+
+    ``passes`` is a CLI-style string (``"prune:ratio=0.3,sparsify"``), or a list of pass
+    objects, names or ``{"name": ..., **options}`` mappings. ``inputs``/``calibration`` are
+    ``.npz`` paths or lists of feed dicts; without ``inputs``, ``samples`` seeded random
+    samples are built from the input signature (``input_shapes`` fixes dynamic dims).
+    """
+    if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
+        raise UsageError(f"--min-cosine must be in [-1, 1], got {min_cosine}")
+    pipeline = registry.build_all(passes)
+    doc = model_io.load_document(model)
+    source = doc.path
+    console = _Console(progress)
+    if doc.model is None:
+        report = Report(str(source) if source else None, None, validated=False)
+        for p in pipeline:
+            report.passes.append(
+                PassReport(p.name, p.lossless, SKIPPED, reason=f"onnx-ir cannot represent the model ({doc.unsupported})")
+            )
+        report.warnings.append(f"model kept unchanged: {doc.unsupported}")
+        return OptimizeResult(None, report, doc.proto, source)
+
+    current = doc.model
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        feeds = InputConfig(inputs, input_shapes, samples, seed).samples(current)
+        calib = Calibration(InputConfig(calibration, input_shapes, samples, seed).samples(current)) if calibration is not None else None
+    report = Report(str(source) if source else None, None, validated=validate)
+    report.warnings.extend(str(w.message) for w in caught)
+    for message in report.warnings:
+        console.warn(message)
+    shape_map = {k: list(v.shape) for k, v in feeds[0].items()}
+    report.input_shapes = shape_map
+    report.samples = len(feeds)
+    report.before = stats.compute(current, shape_map, feeds[0])
+
+    reference = None
+    if validate:
+        console.step("reference outputs of the original model")
+        try:
+            reference = validation.run_model(current, feeds)
+        except ModelError as exc:
+            raise ModelError(f"{exc} (the original model; use --no-validate to skip validation)") from exc
+
+    ctx = PassContext(calibration=calib, progress=console.progress, seed=seed)
+    for index, p in enumerate(pipeline, 1):
+        console.step(f"[{index}/{len(pipeline)}] {p.name}")
+        row = PassReport(p.name, p.lossless, NO_CHANGE, options=dataclasses.asdict(p.options))
+        snapshot = current.clone()
+        start = time.perf_counter()
+        try:
+            result = p.run(current, ctx)
+        except UsageError:
+            raise
+        except Exception as exc:  # a pass bug must not take the pipeline down
+            result = None
+            row.status, row.reason = FAILED, f"{type(exc).__name__}: {_first_line(exc)}"
+        row.seconds = time.perf_counter() - start
+        if result is not None:
+            row.summary, row.details, row.notes = result.summary, result.details, list(result.notes)
+            if result.modified:
+                row.status = APPLIED
+                problem = _check_graph(current)
+                if problem is None and validate:
+                    t0 = time.perf_counter()
+                    problem = _validate(row, current, feeds, reference, tolerances, default_tolerance, min_cosine)
+                    row.validate_seconds = time.perf_counter() - t0
+                if problem is not None:
+                    row.status, row.reason = (FAILED if problem.startswith("broken") else ROLLED_BACK), problem
+        if row.status in (FAILED, ROLLED_BACK):
+            current = snapshot
+            if strict and (p.lossless or row.status == FAILED):
+                raise PassFailedError(f"pass {p.name!r} {row.status}: {row.reason}")
+        if row.status == APPLIED:
+            row.stats = stats.compute(current, shape_map, feeds[0])
+        report.passes.append(row)
+        console.done(row)
+
+    if final_check:
+        report.final_checks = _final_checks(current)
+    return OptimizeResult(current, report, None, source)
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0] if lines else ""
+
+
+def _check_graph(model: ir.Model) -> str | None:
+    """Structural check after a pass (checker and strict shape inference on a skeleton)."""
+    try:
+        with shapes.skeleton(model) as proto:
+            onnx.checker.check_model(proto)
+    except Exception as exc:
+        return f"broken graph (onnx checker): {_first_line(exc)}"
+    return None
+
+
+def _validate(
+    row: PassReport,
+    model: ir.Model,
+    feeds: Sequence[Sample],
+    reference: validation.Outputs,
+    tolerances: Mapping[str, Tolerance] | None,
+    default_tolerance: Tolerance,
+    min_cosine: float | None,
+) -> str | None:
+    try:
+        outputs = validation.run_model(model, feeds)
+    except ModelError as exc:
+        return f"broken graph ({exc})"
+    row.metrics = validation.compare(reference, outputs, tolerances, default_tolerance)
+    worst = max(row.metrics, key=lambda m: (not m.within_tolerance, m.max_abs))
+    if any(not m.shape_equal for m in row.metrics):
+        return f"broken graph (output {worst.name!r} changed shape)"
+    if row.lossless and not all(m.within_tolerance for m in row.metrics):
+        return f"lossless pass changed output {worst.name!r} (max |Δ| {worst.max_abs:.3g})"
+    if min_cosine is not None:
+        low = min(row.metrics, key=lambda m: m.cosine)
+        if low.cosine < min_cosine:
+            return f"cosine {low.cosine:.6f} on {low.name!r} below budget {min_cosine}"
+    return None
+
+
+def _final_checks(model: ir.Model) -> dict[str, Any]:
+    """The final model must pass the checker and load at onnxruntime's default level."""
+    checks: dict[str, Any] = {}
+    try:
+        with shapes.skeleton(model) as proto:
+            onnx.checker.check_model(proto, full_check=False)
+        checks["onnx_checker"] = "ok"
+    except Exception as exc:
+        checks["onnx_checker"] = f"failed: {_first_line(exc)}"
+    try:
+        with runtime.session(model, "default"):
+            pass
+        checks["onnxruntime_default_level"] = "ok"
+    except ModelError as exc:
+        checks["onnxruntime_default_level"] = f"failed: {exc}"
+    return checks
+
+
+class _Console:
+    """Progress on stderr: one line per pass, a bar for per-layer loops (only when enabled)."""
+
+    def __init__(self, enabled: bool):
+        self.enabled = enabled
+        self._console = None
+        if enabled:
+            from rich.console import Console
+
+            self._console = Console(stderr=True)
+
+    def step(self, text: str) -> None:
+        if self._console:
+            self._console.print(f"[bold]…[/bold] {text}")
+
+    def warn(self, text: str) -> None:
+        if self._console:
+            self._console.print(f"[yellow]warning:[/yellow] {text}")
+
+    def done(self, row: PassReport) -> None:
+        if self._console:
+            extra = f" — {row.reason}" if row.reason else (f" — {row.summary}" if row.summary else "")
+            self._console.print(f"  {row.name}: {row.status}{extra}".replace("[", r"\["))
+
+    def progress(self, items: Iterable[Any], description: str, total: int | None = None) -> Iterator[Any]:
+        if not self._console:
+            yield from items
+            return
+        from rich.progress import track
+
+        yield from track(items, description=f"  {description}", total=total, console=self._console, transient=True)

@@ -1,0 +1,217 @@
+"""What the pipeline did: per-pass rows for people (a table) and for pipelines (JSON)."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from .stats import ModelStats
+from .validation import OutputMetrics
+
+APPLIED = "applied"
+NO_CHANGE = "no change"
+ROLLED_BACK = "rolled back"
+SKIPPED = "skipped"
+FAILED = "failed"
+
+
+@dataclasses.dataclass
+class PassReport:
+    name: str
+    lossless: bool
+    status: str
+    reason: str = ""
+    summary: str = ""
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    details: dict[str, Any] = dataclasses.field(default_factory=dict)
+    notes: list[str] = dataclasses.field(default_factory=list)
+    #: Output comparison against the original model (empty when not validated).
+    metrics: list[OutputMetrics] = dataclasses.field(default_factory=list)
+    #: Model statistics after this pass (after rollback if rolled back).
+    stats: ModelStats | None = None
+    seconds: float = 0.0
+    validate_seconds: float = 0.0
+
+    @property
+    def min_cosine(self) -> float | None:
+        return min((m.cosine for m in self.metrics), default=None)
+
+    @property
+    def max_abs(self) -> float | None:
+        return max((m.max_abs for m in self.metrics), default=None)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "lossless": self.lossless,
+            "status": self.status,
+            "reason": self.reason,
+            "summary": self.summary,
+            "options": _jsonable(self.options),
+            "details": _jsonable(self.details),
+            "notes": list(self.notes),
+            "metrics": [m.to_dict() for m in self.metrics],
+            "stats": self.stats.to_dict() if self.stats else None,
+            "seconds": round(self.seconds, 4),
+            "validate_seconds": round(self.validate_seconds, 4),
+        }
+
+
+@dataclasses.dataclass
+class Report:
+    source: str | None
+    before: ModelStats | None
+    passes: list[PassReport] = dataclasses.field(default_factory=list)
+    input_shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    samples: int = 0
+    validated: bool = True
+    final_checks: dict[str, Any] = dataclasses.field(default_factory=dict)
+    output: str | None = None
+    output_bytes: int | None = None
+    warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def after(self) -> ModelStats | None:
+        for row in reversed(self.passes):
+            if row.stats is not None:
+                return row.stats
+        return self.before
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "output": self.output,
+            "output_bytes": self.output_bytes,
+            "validated": self.validated,
+            "samples": self.samples,
+            "input_shapes": self.input_shapes,
+            "before": self.before.to_dict() if self.before else None,
+            "after": self.after.to_dict() if self.after else None,
+            "passes": [p.to_dict() for p in self.passes],
+            "final_checks": _jsonable(self.final_checks),
+            "warnings": list(self.warnings),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, allow_nan=False)
+
+    def write_json(self, path: str | Path) -> None:
+        from .model_io import write_text_atomic
+
+        write_text_atomic(Path(path), self.to_json() + "\n")
+
+    def table(self) -> Any:
+        """A rich Table: one row for the input model, one per pass."""
+        from rich.table import Table
+
+        table = Table(title="onnxslim", title_justify="left", show_lines=False)
+        for col, justify in [
+            ("pass", "left"),
+            ("status", "left"),
+            ("nodes", "right"),
+            ("params", "right"),
+            ("MACs", "right"),
+            ("weights", "right"),
+            ("sparsity", "right"),
+            ("max |Δ|", "right"),
+            ("cosine", "right"),
+            ("time", "right"),
+        ]:
+            table.add_column(col, justify=justify)
+        if self.before:
+            table.add_row("(input)", "", *_stat_cells(self.before, None), "", "", "")
+        prev = self.before
+        for row in self.passes:
+            status = row.status + (f": {row.reason}" if row.reason else "")
+            style = {APPLIED: "green", ROLLED_BACK: "yellow", FAILED: "red"}.get(row.status, "dim")
+            cells = _stat_cells(row.stats, prev) if row.stats else ["", "", "", "", ""]
+            tag = "lossless" if row.lossless else "lossy"
+            table.add_row(
+                f"{row.name} ({tag})",
+                f"[{style}]{_escape(status)}[/{style}]",
+                *cells,
+                _fmt_err(row.max_abs),
+                "" if row.min_cosine is None else f"{row.min_cosine:.6f}",
+                f"{row.seconds + row.validate_seconds:.2f}s",
+            )
+            if row.stats is not None:
+                prev = row.stats
+        return table
+
+    def render(self, width: int = 140) -> str:
+        from rich.console import Console
+
+        console = Console(width=width, record=True, file=_Null())
+        console.print(self.table())
+        for row in self.passes:
+            for note in row.notes[:20]:
+                console.print(f"  {row.name}: {_escape(note)}")
+            if len(row.notes) > 20:
+                console.print(f"  {row.name}: ... {len(row.notes) - 20} more notes in the JSON report")
+        return console.export_text()
+
+
+class _Null:
+    def write(self, _: str) -> int:
+        return 0
+
+    def flush(self) -> None:
+        pass
+
+
+def _escape(text: str) -> str:
+    return text.replace("[", r"\[")
+
+
+def _fmt_err(value: float | None) -> str:
+    if value is None:
+        return ""
+    if not math.isfinite(value):
+        return "inf"
+    return f"{value:.2e}" if value else "0"
+
+
+def _human(n: float) -> str:
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.4g}{unit}"
+        n /= 1000
+    return f"{n:.4g}P"
+
+
+def _ratio(now: float | None, before: float | None) -> str:
+    if now is None or not before or now == before:
+        return ""
+    return f" ({now / before:.2f}×)"
+
+
+def _stat_cells(stats: ModelStats, prev: ModelStats | None) -> list[str]:
+    macs = "?" if stats.macs is None else _human(stats.macs) + ("+?" if stats.macs_unresolved else "")
+    return [
+        f"{stats.nodes}",
+        _human(stats.params) + _ratio(stats.params, prev.params if prev else None),
+        macs + _ratio(stats.macs, prev.macs if prev else None),
+        _human(stats.weight_bytes) + "B",
+        f"{100 * stats.sparsity:.1f}%",
+    ]
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple, set)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, (str, int, bool)) or value is None:
+        return value
+    if hasattr(value, "item"):  # numpy scalars
+        return _jsonable(value.item())
+    if hasattr(value, "tolist"):
+        return _jsonable(value.tolist())
+    if dataclasses.is_dataclass(value):
+        return _jsonable(dataclasses.asdict(value))
+    return str(value)

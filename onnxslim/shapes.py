@@ -1,0 +1,155 @@
+"""Shape inference on onnx-ir models, with failures reported instead of logged and ignored.
+
+onnx-ir's ShapeInferencePass only logs a failure and leaves stale shapes behind; passes that
+change channel counts call :func:`refresh_shapes`, which clears every intermediate shape first
+and raises :class:`ShapeInferenceError` when strict inference fails.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Mapping, Sequence
+
+import onnx
+import onnx_ir as ir
+
+from .constants import all_graphs, iter_nodes
+
+#: Initializers above this size are sent to onnx's C++ inference as typed inputs, not data.
+_SKELETON_LIMIT_BYTES = 1024
+
+
+class ShapeInferenceError(Exception):
+    """Strict shape inference failed on a model (message: onnx's first line)."""
+
+
+@contextlib.contextmanager
+def skeleton(model: ir.Model) -> Iterator[onnx.ModelProto]:
+    """A proto of ``model`` without large initializer data (types and shapes only).
+
+    Large initializers become graph inputs for the duration, so inference needs no copy of the
+    weights; the model is restored afterwards.
+    """
+    graph = model.graph
+    saved = list(graph.initializers.values())
+    n_inputs = len(graph.inputs)
+    tensors = {id(v): v.const_value for v in saved}
+    order = [v.name for v in saved]
+    try:
+        for value in saved:
+            tensor = value.const_value
+            if tensor is None or tensor.nbytes <= _SKELETON_LIMIT_BYTES:
+                continue
+            value.shape = value.shape or ir.Shape(tensor.shape)
+            value.dtype = value.dtype or tensor.dtype
+            if value not in graph.inputs:
+                graph.inputs.append(value)
+            graph.initializers.pop(value.name)
+            value.const_value = None
+        yield ir.serde.serialize_model(model)
+    finally:
+        graph.inputs[n_inputs:] = []
+        for value in saved:
+            value.const_value = tensors[id(value)]
+        graph.initializers.clear()
+        by_name = {v.name: v for v in saved}
+        for name in order:
+            graph.initializers.add(by_name[name])
+
+
+def infer(
+    model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None = None, *, strict: bool = True
+) -> onnx.ModelProto:
+    """Run onnx shape inference (data propagation on) and return the inferred skeleton proto.
+
+    ``input_shapes`` overrides the graph inputs' shapes in the proto only (concrete shapes for
+    MACs); the model itself is not changed.
+    """
+    with skeleton(model) as proto:
+        if input_shapes:
+            for vi in proto.graph.input:
+                if vi.name in input_shapes:
+                    dims = vi.type.tensor_type.shape.dim
+                    for dim, size in zip(dims, input_shapes[vi.name]):
+                        dim.Clear()
+                        dim.dim_value = int(size)
+        try:
+            return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=strict, data_prop=True)
+        except Exception as exc:
+            raise ShapeInferenceError(_first_line(exc)) from exc
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[-1] if lines else type(exc).__name__
+
+
+def refresh_shapes(model: ir.Model) -> None:
+    """Clear every intermediate shape and re-infer them strictly; raise if inference fails.
+
+    Graph inputs, outputs and initializers keep their declared shapes; outputs are checked.
+    """
+    keep: set[int] = set()
+    for graph in all_graphs(model):
+        keep.update(id(v) for v in graph.inputs)
+        keep.update(id(v) for v in graph.outputs)
+        keep.update(id(v) for v in graph.initializers.values())
+    for node in iter_nodes(model):
+        for out in node.outputs:
+            if id(out) not in keep:
+                out.shape = None
+    inferred = infer(model, strict=True)
+    merge_shapes(model, inferred)
+
+
+def merge_shapes(model: ir.Model, proto: onnx.ModelProto) -> None:
+    """Copy inferred shapes and types from ``proto`` onto the model's values of the same name."""
+    inferred: dict[str, onnx.ValueInfoProto] = {}
+
+    def collect(graph: onnx.GraphProto) -> None:
+        for vi in list(graph.value_info) + list(graph.output):
+            inferred[vi.name] = vi
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    collect(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for g in attr.graphs:
+                        collect(g)
+
+    collect(proto.graph)
+    for node in iter_nodes(model):
+        for out in node.outputs:
+            vi = inferred.get(out.name)
+            if vi is None or not vi.type.HasField("tensor_type"):
+                continue
+            tt = vi.type.tensor_type
+            if tt.elem_type and out.dtype is None:
+                out.dtype = ir.DataType(tt.elem_type)
+            if tt.HasField("shape"):
+                dims = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+                out.shape = ir.Shape(dims)
+
+
+def concrete_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple]:
+    """Every inferable value's shape at the given input shapes (non-strict; for statistics)."""
+    proto = infer(model, input_shapes, strict=False)
+    shapes: dict[str, tuple] = {}
+
+    def collect(graph: onnx.GraphProto) -> None:
+        for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+            tt = vi.type.tensor_type
+            if tt.HasField("shape"):
+                shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+        for init in graph.initializer:
+            shapes[init.name] = tuple(init.dims)
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    collect(attr.g)
+                elif attr.type == onnx.AttributeProto.GRAPHS:
+                    for g in attr.graphs:
+                        collect(g)
+
+    collect(proto.graph)
+    return shapes

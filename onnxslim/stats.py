@@ -1,0 +1,152 @@
+"""Model statistics for reports: nodes, parameters, MACs, weight sparsity, serialized size."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from .constants import iter_nodes, model_constants
+from .shapes import ShapeInferenceError, concrete_shapes
+
+
+@dataclasses.dataclass
+class ModelStats:
+    nodes: int
+    params: int
+    #: Multiply-accumulates of Conv/ConvTranspose/Gemm/MatMul at the validation input shapes.
+    macs: int | None
+    #: Ops whose MACs could not be resolved (dynamic intermediate shapes); ``macs`` excludes them.
+    macs_unresolved: int
+    weight_bytes: int
+    zero_params: int
+
+    @property
+    def sparsity(self) -> float:
+        return self.zero_params / self.params if self.params else 0.0
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        d["sparsity"] = round(self.sparsity, 6)
+        return d
+
+
+def compute(
+    model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None = None, sample: Mapping[str, np.ndarray] | None = None
+) -> ModelStats:
+    """Statistics at ``input_shapes``; with a ``sample``, shapes inference cannot resolve are
+    measured by running the model once in onnxruntime."""
+    consts = model_constants(model)
+    params = 0
+    zeros = 0
+    nbytes = 0
+    for c in consts:
+        arr = c.numpy()
+        params += arr.size
+        zeros += int(arr.size - np.count_nonzero(arr))
+        nbytes += c.nbytes
+    macs, unresolved = count_macs(model, input_shapes or {}, sample)
+    nodes = sum(1 for _ in iter_nodes(model))
+    return ModelStats(nodes, params, macs, unresolved, nbytes, zeros)
+
+
+def _prod(dims: Sequence[int | None]) -> int | None:
+    if any(d is None for d in dims):
+        return None
+    return math.prod(dims)
+
+
+def count_macs(
+    model: ir.Model, input_shapes: Mapping[str, Sequence[int]], sample: Mapping[str, np.ndarray] | None = None
+) -> tuple[int | None, int]:
+    """MACs of the compute-heavy ops at concrete input shapes; (None, 0) if inference fails."""
+    try:
+        shapes = concrete_shapes(model, input_shapes)
+    except ShapeInferenceError:
+        shapes = {}
+    if sample is not None:
+        shapes.update(_measured_shapes(model, shapes, sample))
+    if not shapes:
+        return None, 0
+    total = 0
+    unresolved = 0
+    for node in iter_nodes(model):
+        macs = _node_macs(node, shapes)
+        if macs is None:
+            if node.op_type in _MAC_OPS:
+                unresolved += 1
+            continue
+        total += macs
+    return total, unresolved
+
+
+_MAC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"}
+
+
+def _shape(shapes: Mapping[str, tuple], value: ir.Value | None) -> tuple | None:
+    if value is None:
+        return None
+    return shapes.get(value.name)
+
+
+def _node_macs(node: ir.Node, shapes: Mapping[str, tuple]) -> int | None:
+    op = node.op_type
+    if node.domain not in ("", "ai.onnx") or op not in _MAC_OPS:
+        return None
+    out = _shape(shapes, node.outputs[0])
+    if op in ("Conv", "ConvInteger", "QLinearConv"):
+        w = _shape(shapes, node.inputs[3 if op == "QLinearConv" else 1])
+        if out is None or w is None:
+            return None
+        per_out = _prod(w[1:])
+        n_out = _prod(out)
+        return None if per_out is None or n_out is None else per_out * n_out
+    if op == "ConvTranspose":
+        x, w = _shape(shapes, node.inputs[0]), _shape(shapes, node.inputs[1])
+        if x is None or w is None:
+            return None
+        n_in = _prod(x)
+        per_in = _prod(w[1:])
+        return None if n_in is None or per_in is None else n_in * per_in
+    if op == "Gemm":
+        a = _shape(shapes, node.inputs[0])
+        if out is None or a is None or len(a) != 2:
+            return None
+        trans_a = node.attributes.get("transA")
+        k = a[0] if trans_a is not None and trans_a.as_int() else a[1]
+        n_out = _prod(out)
+        return None if k is None or n_out is None else n_out * k
+    # MatMul family: K is the last dim of A (1-D A: its only dim).
+    a = _shape(shapes, node.inputs[3 if op == "QLinearMatMul" else 0])
+    if out is None or a is None or not a:
+        return None
+    n_out = _prod(out)
+    return None if a[-1] is None or n_out is None else n_out * a[-1]
+
+
+def _measured_shapes(model: ir.Model, shapes: Mapping[str, tuple], sample: Mapping[str, np.ndarray]) -> dict[str, tuple]:
+    """Shapes of MAC-op tensors that inference left unknown, read from one onnxruntime run."""
+    from . import runtime
+    from .errors import ModelError
+
+    wanted: dict[str, ir.Value] = {}
+    for node in iter_nodes(model):
+        if node.op_type not in _MAC_OPS or node.graph is not model.graph:
+            continue
+        for value in (*node.inputs[:2], node.outputs[0]):
+            if value is None or value.const_value is not None:
+                continue
+            shape = shapes.get(value.name)
+            if shape is None or any(d is None for d in shape):
+                wanted[value.name] = value
+    if not wanted:
+        return {}
+    try:
+        with runtime.session(model, "disabled", extra_outputs=list(wanted.values())) as sess:
+            arrays = runtime.run(sess, sample, list(wanted))
+    except ModelError:
+        return {}
+    return {name: tuple(arr.shape) for name, arr in arrays.items()}

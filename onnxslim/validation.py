@@ -1,0 +1,126 @@
+"""Compare a model's onnxruntime outputs against the reference outputs of the original.
+
+Reference outputs are computed once; after each pass the current model runs on the same
+samples with graph optimisations disabled (onnxruntime's fusions would hide differences).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from . import runtime
+from .inputs import Sample
+
+Outputs = list[dict[str, np.ndarray]]
+
+
+@dataclasses.dataclass(frozen=True)
+class Tolerance:
+    """``|a - b| <= atol + rtol * max|ref|`` element-wise, per output.
+
+    The defaults absorb kernel summation-order noise and nothing more: with optimisations
+    disabled onnxruntime skips constant folding and prepacking, so the same weights reached
+    through a constant subgraph sum in a different order (measured 1.5e-5 absolute on a
+    1024-wide MatMul whose outputs reach ~30, i.e. 5e-7 of the output scale).
+    """
+
+    atol: float = 1e-5
+    rtol: float = 1e-5
+
+
+@dataclasses.dataclass
+class OutputMetrics:
+    name: str
+    max_abs: float
+    max_rel: float
+    cosine: float
+    #: NaN/Inf positions and values agree with the reference (NaN == NaN counts as equal).
+    nan_equal: bool
+    #: For logits-like outputs (last dim > 1, float): fraction of rows with the same argmax.
+    top1: float | None
+    shape_equal: bool
+    within_tolerance: bool
+
+    def to_dict(self) -> dict:
+        return {k: _json_float(v) for k, v in dataclasses.asdict(self).items()}
+
+
+def _json_float(v):
+    if isinstance(v, float) and not math.isfinite(v):
+        return str(v)
+    return v
+
+
+def compare(
+    reference: Outputs,
+    candidate: Outputs,
+    tolerances: Mapping[str, Tolerance] | None = None,
+    default: Tolerance = Tolerance(),
+) -> list[OutputMetrics]:
+    """Metrics per output over all samples (worst case for errors, pooled for cosine/top-1)."""
+    tolerances = tolerances or {}
+    names = list(reference[0])
+    metrics = []
+    for name in names:
+        refs = [r[name] for r in reference]
+        cands = [c.get(name) for c in candidate]
+        metrics.append(_output_metrics(name, refs, cands, tolerances.get(name, default)))
+    return metrics
+
+
+def _output_metrics(name: str, refs: list, cands: list, tol: Tolerance) -> OutputMetrics:
+    if any(c is None for c in cands) or any(np.shape(r) != np.shape(c) for r, c in zip(refs, cands)):
+        return OutputMetrics(name, math.inf, math.inf, 0.0, False, None, False, False)
+    if not all(np.asarray(r).dtype.kind in "fciub" for r in refs):
+        equal = all(np.array_equal(np.asarray(r), np.asarray(c)) for r, c in zip(refs, cands))
+        return OutputMetrics(name, 0.0 if equal else math.inf, 0.0 if equal else math.inf, 1.0 if equal else 0.0, True, None, True, equal)
+    max_abs = 0.0
+    max_rel = 0.0
+    dot = na = nb = 0.0
+    nan_equal = True
+    ok = True
+    top_hits = top_rows = 0
+    for r, c in zip(refs, cands):
+        r64 = np.asarray(r, dtype=np.float64)
+        c64 = np.asarray(c, dtype=np.float64)
+        r_bad, c_bad = ~np.isfinite(r64), ~np.isfinite(c64)
+        same_special = np.array_equal(r_bad, c_bad) and np.array_equal(
+            np.where(r_bad, np.nan_to_num(r64, nan=7.0, posinf=8.0, neginf=9.0), 0),
+            np.where(c_bad, np.nan_to_num(c64, nan=7.0, posinf=8.0, neginf=9.0), 0),
+        )
+        nan_equal &= bool(same_special)
+        finite = ~(r_bad | c_bad)
+        rf, cf = r64[finite], c64[finite]
+        if rf.size:
+            diff = np.abs(rf - cf)
+            scale = float(np.max(np.abs(rf)))
+            max_abs = max(max_abs, float(diff.max()))
+            max_rel = max(max_rel, float((diff / np.maximum(np.abs(rf), 1e-12 + 1e-6 * scale)).max()))
+            ok &= bool(np.all(diff <= tol.atol + tol.rtol * scale))
+            dot += float(np.dot(rf, cf))
+            na += float(np.dot(rf, rf))
+            nb += float(np.dot(cf, cf))
+        if r64.ndim >= 1 and r64.shape[-1] > 1 and np.asarray(r).dtype.kind == "f":
+            rows_r = r64.reshape(-1, r64.shape[-1])
+            rows_c = c64.reshape(-1, c64.shape[-1])
+            top_hits += int(np.sum(np.argmax(rows_r, -1) == np.argmax(rows_c, -1)))
+            top_rows += rows_r.shape[0]
+    if na == 0 and nb == 0:
+        cosine = 1.0
+    elif na == 0 or nb == 0:
+        cosine = 0.0
+    else:
+        cosine = dot / math.sqrt(na * nb)
+    top1 = top_hits / top_rows if top_rows else None
+    return OutputMetrics(name, max_abs, max_rel, float(cosine), nan_equal, top1, True, bool(ok and nan_equal))
+
+
+def run_model(model: ir.Model, samples: Sequence[Sample]) -> Outputs:
+    """Outputs for every sample, graph optimisations disabled (used for reference and candidate)."""
+    with runtime.session(model, "disabled") as sess:
+        return [runtime.run(sess, s) for s in samples]
