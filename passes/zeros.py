@@ -1,0 +1,590 @@
+"""``zeros``: lossless removal of zero weights — channels, neurons and whole branches.
+
+Models trained with L1/group-lasso sparsity or pruned by ``torch.nn.utils.prune`` keep whole
+filters, neurons and input columns of exact zeros, and onnxruntime spends full time on them.
+This pass removes them physically without changing any output:
+
+* A value analysis (:class:`KnownValues`) propagates, tensor by tensor, which channels are
+  *known constants* because the weights producing them are zero (a zero Conv filter emits
+  ``bias``, which BatchNormalization/Relu/... turn into ``act(bias)``; a BN with ``gamma == 0``
+  emits ``beta``; a Mul by zero emits zero).
+* Whole branches: where a fully known tensor meets a live tensor in an element-wise op, the
+  branch is replaced by a constant (or bypassed when it adds zero) and dead nodes go.
+* Channels: with the core's channel groups (:mod:`onnxslim.channels`, shared with ``prune``),
+  a channel leaves its whole group when every consumer either ignores it (all-zero input
+  columns) or can absorb its constant value exactly into its bias.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+import scipy.special
+
+from onnxslim import shapes
+from onnxslim.constants import add_initializer, constant, weight_bytes
+from onnxslim.errors import UsageError
+from onnxslim.pass_api import Pass, PassContext, PassResult, option
+
+#: Per-tensor knowledge: an array broadcastable (numpy rules, right-aligned) to the tensor,
+#: holding the value where it is known to be constant and NaN where it is not.
+Known = np.ndarray
+
+_DEFAULT_DOMAINS = ("", "ai.onnx")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _attr(node: ir.Node, name: str, default):
+    attr = node.attributes.get(name)
+    if attr is None:
+        return default
+    return attr.value
+
+
+def _all_unknown(known: Known | None) -> bool:
+    return known is None or bool(np.all(np.isnan(known)))
+
+
+def _normalize(known: Known | None) -> Known | None:
+    """None for 'nothing known'; arrays stay as they are."""
+    return None if _all_unknown(known) else known
+
+
+def _channel_vector(known: Known | None, rank: int | None, channels: int, axis: int = 1) -> np.ndarray | None:
+    """The per-channel values of ``known`` along ``axis`` of a rank-``rank`` tensor.
+
+    Returns a float vector (NaN = unknown) of length ``channels``, or None when the knowledge
+    varies along another axis (then it is not a per-channel constant).
+    """
+    if known is None:
+        return np.full(channels, np.nan, np.float32)
+    if rank is None:
+        return None
+    axis = axis % rank
+    if known.ndim > rank:
+        return None
+    full = known.reshape((1,) * (rank - known.ndim) + known.shape)
+    for i, size in enumerate(full.shape):
+        if i != axis and size != 1:
+            return None
+    vec = full.reshape(-1)
+    if vec.size == 1:
+        return np.full(channels, vec[0], dtype=full.dtype)
+    if vec.size != channels:
+        return None
+    return vec
+
+
+def _per_channel(vec: np.ndarray, rank: int, axis: int = 1) -> Known:
+    """A channel vector laid out right-aligned for a rank-``rank`` tensor with channels on ``axis``."""
+    axis = axis % rank
+    return vec.reshape((-1,) + (1,) * (rank - axis - 1))
+
+
+def _has_padding(node: ir.Node) -> bool:
+    auto_pad = _attr(node, "auto_pad", "NOTSET")
+    if isinstance(auto_pad, bytes):
+        auto_pad = auto_pad.decode()
+    if auto_pad not in ("NOTSET", "VALID"):
+        return True
+    return any(p != 0 for p in (_attr(node, "pads", None) or []))
+
+
+def zero_mask(array: np.ndarray, eps: float) -> np.ndarray:
+    """Element-wise 'counts as zero' (exact zero when ``eps`` is 0)."""
+    return array == 0 if eps == 0 else np.abs(array) <= eps
+
+
+# --------------------------------------------------------------------------- zero structure of weights
+
+
+def conv_zero_filters(weight: np.ndarray, eps: float = 0.0) -> np.ndarray:
+    """[Cout, Cin/group] mask: the kernel from input channel j to output channel o is all zero."""
+    flat = weight.reshape(weight.shape[0], weight.shape[1], -1)
+    return np.all(zero_mask(flat, eps), axis=2)
+
+
+def gemm_weight_kn(node: ir.Node, weight: np.ndarray) -> np.ndarray:
+    """A Gemm/MatMul weight as [K (input features), N (output features)]."""
+    if node.op_type == "Gemm" and _attr(node, "transB", 0):
+        return weight.T
+    return weight
+
+
+# --------------------------------------------------------------------------- element-wise evaluators
+
+
+def _hard_sigmoid(x, alpha, beta):
+    return np.clip(alpha * x + beta, 0, 1)
+
+
+def _unary(node: ir.Node) -> Callable[[np.ndarray], np.ndarray] | None:
+    op = node.op_type
+    if op in ("Identity", "Dropout"):
+        return lambda x: x
+    if op == "Relu":
+        return lambda x: np.maximum(x, 0)
+    if op == "LeakyRelu":
+        alpha = _attr(node, "alpha", 0.01)
+        return lambda x: np.where(x >= 0, x, x * np.float32(alpha))
+    if op == "Elu":
+        alpha = _attr(node, "alpha", 1.0)
+        return lambda x: np.where(x >= 0, x, np.float32(alpha) * np.expm1(x))
+    if op == "Selu":
+        alpha, gamma = _attr(node, "alpha", 1.67326319217681884765625), _attr(node, "gamma", 1.05070102214813232421875)
+        return lambda x: np.float32(gamma) * np.where(x > 0, x, np.float32(alpha) * np.expm1(x))
+    if op == "Sigmoid":
+        return scipy.special.expit
+    if op == "HardSigmoid":
+        alpha, beta = _attr(node, "alpha", 0.2), _attr(node, "beta", 0.5)
+        return lambda x: _hard_sigmoid(x, np.float32(alpha), np.float32(beta))
+    if op == "HardSwish":
+        return lambda x: x * _hard_sigmoid(x, np.float32(1 / 6), np.float32(0.5))
+    simple = {
+        "Tanh": np.tanh,
+        "Erf": scipy.special.erf,
+        "Exp": np.exp,
+        "Neg": np.negative,
+        "Abs": np.abs,
+        "Softplus": lambda x: np.logaddexp(x, 0),
+        "Softsign": lambda x: x / (1 + np.abs(x)),
+        "Sqrt": np.sqrt,
+        "Reciprocal": np.reciprocal,
+        "Floor": np.floor,
+        "Ceil": np.ceil,
+    }
+    return simple.get(op)
+
+
+_BINARY = {"Add": np.add, "Sub": np.subtract, "Mul": np.multiply, "Div": np.divide, "Pow": np.power}
+#: Ops that map a constant channel to the same constant, whatever the window.
+_KEEPS_CONSTANT = {"GlobalAveragePool", "GlobalMaxPool", "MaxPool"}
+
+
+# --------------------------------------------------------------------------- the analysis
+
+
+class KnownValues:
+    """Forward analysis of the main graph: which tensor entries are constants, and why.
+
+    ``known[value]`` is a right-aligned broadcastable array (NaN = not constant).
+    ``derived`` holds the values whose knowledge comes from zero weights (as opposed to
+    ordinary constant subgraphs, which this pass must leave alone).
+    """
+
+    def __init__(self, model: ir.Model, eps: float = 0.0, value_shapes: Mapping[str, tuple] | None = None):
+        self.model = model
+        self.eps = eps
+        self.shapes = dict(value_shapes or {})
+        self.known: dict[ir.Value, Known] = {}
+        self.derived: set[ir.Value] = set()
+        self.constants: set[ir.Value] = set()
+        for node in model.graph:  # the graph is kept topologically sorted by onnx-ir's loaders
+            self._visit(node)
+
+    # -- queries ---------------------------------------------------------------------
+
+    def get(self, value: ir.Value | None) -> Known | None:
+        return None if value is None else self.known.get(value)
+
+    def fully_known(self, value: ir.Value) -> bool:
+        known = self.known.get(value)
+        return known is not None and not np.any(np.isnan(known))
+
+    def rank(self, value: ir.Value) -> int | None:
+        shape = self.shape(value)
+        return None if shape is None else len(shape)
+
+    def shape(self, value: ir.Value) -> tuple | None:
+        if value.name in self.shapes:
+            return self.shapes[value.name]
+        if value.shape is not None:
+            return tuple(d if isinstance(d, int) else (str(d) if d.value is not None else None) for d in value.shape)
+        return None
+
+    # -- propagation -----------------------------------------------------------------
+
+    def _input(self, value: ir.Value | None) -> Known | None:
+        if value is None:
+            return None
+        if value in self.known:
+            return self.known[value]
+        c = constant(value)
+        if c is None or not c.dtype.is_floating_point():
+            return None
+        array = c.numpy()
+        if array.size > (1 << 16):  # large weights never act as data; skip the copy
+            return None
+        known = array.astype(np.float32, copy=False)
+        self.known[value] = known
+        self.constants.add(value)
+        return known
+
+    def _visit(self, node: ir.Node) -> None:
+        if node.domain not in _DEFAULT_DOMAINS or not node.outputs:
+            return
+        out = node.outputs[0]
+        if out.dtype is not None and not out.dtype.is_floating_point():
+            return
+        try:
+            result = self._evaluate(node)
+        except (ValueError, IndexError, TypeError):  # shapes that do not line up: not constant
+            result = None
+        result = _normalize(result)
+        if result is None:
+            return
+        inputs = [v for v in node.inputs if v is not None]
+        if all(v in self.constants for v in inputs):
+            return  # an ordinary constant subgraph: not ours to touch
+        self.known[out] = result.astype(np.float32, copy=False)
+        self.derived.add(out)
+
+    def _evaluate(self, node: ir.Node) -> Known | None:
+        op = node.op_type
+        ins = [self._input(v) for v in node.inputs]
+        if op in ("Conv", "ConvTranspose"):
+            return self._conv(node, ins)
+        if op in ("Gemm", "MatMul"):
+            return self._matmul(node, ins)
+        if op == "BatchNormalization":
+            return self._batch_norm(node, ins)
+        if not ins:
+            return None
+        fn = _unary(node)
+        if fn is not None:
+            return None if ins[0] is None else fn(ins[0])
+        if op in _BINARY and len(ins) == 2:
+            return self._binary(op, ins[0], ins[1])
+        if op == "PRelu":
+            if ins[0] is None or ins[1] is None:
+                return None
+            return np.where(ins[0] < 0, ins[0] * ins[1], ins[0])
+        if op == "Clip":
+            lo = ins[1] if len(ins) > 1 and node.inputs[1] is not None else None
+            hi = ins[2] if len(ins) > 2 and node.inputs[2] is not None else None
+            if (len(ins) > 1 and node.inputs[1] is not None and lo is None) or (
+                len(ins) > 2 and node.inputs[2] is not None and hi is None
+            ):
+                return None
+            x = ins[0]
+            if lo is not None:
+                x = np.maximum(x, lo)
+            if hi is not None:
+                x = np.minimum(x, hi)
+            return x
+        if ins[0] is None:
+            return None
+        if op in _KEEPS_CONSTANT:
+            return ins[0]
+        if op == "AveragePool":
+            exact = not _has_padding(node) or _attr(node, "count_include_pad", 0) == 0
+            return ins[0] if exact and not _attr(node, "ceil_mode", 0) else _zeros_only(ins[0])
+        if op == "Resize":
+            mode = _attr(node, "mode", "nearest")
+            return ins[0] if mode in ("nearest", "linear") else _zeros_only(ins[0])
+        if op == "Flatten":
+            return self._flatten(node, ins[0])
+        if op == "Reshape":
+            return self._reshape(node, ins[0])
+        return None
+
+    def _binary(self, op: str, a: Known | None, b: Known | None) -> Known | None:
+        if a is None and b is None:
+            return None
+        if op == "Mul":  # x * 0 == 0 for any finite x
+            if a is None:
+                return np.where(b == 0, np.float32(0), np.float32(np.nan))
+            if b is None:
+                return np.where(a == 0, np.float32(0), np.float32(np.nan))
+        if a is None or b is None:
+            return None
+        with np.errstate(all="ignore"):
+            return _BINARY[op](a, b)
+
+    def _batch_norm(self, node: ir.Node, ins: list[Known | None]) -> Known | None:
+        if len(ins) < 5 or any(v is None for v in ins[1:5]) or len(node.outputs) > 1 and any(o.uses() for o in node.outputs[1:]):
+            return None
+        scale, bias, mean, var = (np.asarray(v).reshape(-1) for v in ins[1:5])
+        rank = self.rank(node.inputs[0])
+        if rank is None or rank < 2:
+            return None
+        x = _channel_vector(ins[0], rank, scale.size)
+        if x is None:
+            return None
+        eps = np.float32(_attr(node, "epsilon", 1e-5))
+        with np.errstate(all="ignore"):
+            y = (x - mean) / np.sqrt(var + eps) * scale + bias
+        y = np.where(scale == 0, bias, y)  # gamma == 0 emits beta whatever the input
+        return _per_channel(y.astype(np.float32), rank)
+
+    def _conv(self, node: ir.Node, ins: list[Known | None]) -> Known | None:
+        w = constant(node.inputs[1]) if len(node.inputs) > 1 else None
+        if w is None:
+            return None
+        weight = w.numpy()
+        group = _attr(node, "group", 1)
+        spatial = weight.ndim - 2
+        rank = spatial + 2
+        transpose = node.op_type == "ConvTranspose"
+        if transpose:  # weight [Cin, Cout/group, k...]: view it as [Cout, Cin/group, k...]
+            cin = weight.shape[0]
+            cout = weight.shape[1] * group
+            per_group = weight.reshape(group, cin // group, weight.shape[1], -1)
+            weight = per_group.transpose(0, 2, 1, 3).reshape(cout, cin // group, -1)
+        cout, cin_g = weight.shape[0], weight.shape[1]
+        zero = conv_zero_filters(weight, self.eps)  # [Cout, Cin/g]
+        x = _channel_vector(ins[0], rank, cin_g * group)
+        if x is None:
+            x = np.full(cin_g * group, np.nan, np.float32)
+        # input channel read by output o at local index j: group(o) * cin_g + j
+        groups_of_out = np.arange(cout) // (cout // group)
+        local = x[groups_of_out[:, None] * cin_g + np.arange(cin_g)[None, :]]  # [Cout, Cin/g]
+        if transpose or _has_padding(node):
+            usable = local == 0  # a constant reaches the borders only when it is zero
+        else:
+            usable = ~np.isnan(local)
+        known = np.all(zero | usable, axis=1)
+        if not known.any():
+            return None
+        kernel_sum = weight.reshape(cout, cin_g, -1).sum(axis=2, dtype=np.float32)
+        contrib = np.where(zero, 0, kernel_sum * np.where(np.isnan(local), 0, local)).sum(axis=1)
+        bias = ins[2].reshape(-1) if len(ins) > 2 and ins[2] is not None else np.zeros(cout, np.float32)
+        if len(node.inputs) > 2 and node.inputs[2] is not None and ins[2] is None:
+            return None
+        out = np.where(known, contrib + bias, np.nan).astype(np.float32)
+        return _per_channel(out, rank)
+
+    def _matmul(self, node: ir.Node, ins: list[Known | None]) -> Known | None:
+        if len(node.inputs) < 2:
+            return None
+        w = constant(node.inputs[1])
+        if w is None or len(w.shape) != 2 or (node.op_type == "Gemm" and _attr(node, "transA", 0)):
+            return None
+        weight = gemm_weight_kn(node, w.numpy())  # [K, N]
+        k, n = weight.shape
+        x = _feature_vector(ins[0], k)
+        if x is None:
+            return None
+        zero = zero_mask(weight, self.eps)
+        known = np.all(zero | ~np.isnan(x)[:, None], axis=0)
+        if not known.any():
+            return None
+        out = np.where(zero, 0, weight * np.where(np.isnan(x), 0, x)[:, None]).sum(axis=0, dtype=np.float32)
+        if node.op_type == "Gemm":
+            out = out * np.float32(_attr(node, "alpha", 1.0))
+            if len(node.inputs) > 2 and node.inputs[2] is not None:
+                if ins[2] is None:
+                    return None
+                out = out + np.float32(_attr(node, "beta", 1.0)) * ins[2]
+        mask = known if out.ndim < 2 else np.broadcast_to(known, out.shape)
+        return np.where(mask, out, np.nan).astype(np.float32)
+
+    def _flatten(self, node: ir.Node, x: Known | None) -> Known | None:
+        shape = self.shape(node.inputs[0])
+        if x is None or shape is None:
+            return None
+        axis = _attr(node, "axis", 1) % max(len(shape), 1)
+        return _collapse(x, shape, axis)
+
+    def _reshape(self, node: ir.Node, x: Known | None) -> Known | None:
+        """Reshapes that keep the leading (batch) dimension and flatten the rest."""
+        in_shape, out_shape = self.shape(node.inputs[0]), self.shape(node.outputs[0])
+        if x is None or in_shape is None or out_shape is None or len(out_shape) != 2:
+            return None
+        if not isinstance(out_shape[1], int):
+            return None
+        return _collapse(x, in_shape, 1)
+
+
+def _feature_vector(known: Known | None, size: int) -> np.ndarray | None:
+    """Per-feature values along the last axis (NaN = unknown), or None if they vary elsewhere."""
+    if known is None:
+        return np.full(size, np.nan, np.float32)
+    if known.size == 1:
+        return np.full(size, known.reshape(-1)[0], np.float32)
+    if known.ndim == 0 or known.shape[-1] != size or known.size != size:
+        return None
+    return known.reshape(-1)
+
+
+def _zeros_only(x: Known | None) -> Known | None:
+    return None if x is None else np.where(x == 0, np.float32(0), np.float32(np.nan))
+
+
+def _collapse(x: Known, shape: tuple, axis: int) -> Known | None:
+    """``x`` for a tensor of ``shape`` flattened from ``axis`` on (dims there must be static)."""
+    trailing = shape[axis:]
+    if not all(isinstance(d, int) for d in trailing):
+        return None
+    lead = x.ndim - len(trailing)
+    if lead > 0:
+        if any(d != 1 for d in x.shape[:lead]):
+            return None
+        x = x.reshape(x.shape[lead:])
+    return np.broadcast_to(x, trailing).reshape(-1)
+
+
+def value_shapes(model: ir.Model) -> dict[str, tuple]:
+    """Inferred shapes by value name (analysis only: the model is not changed)."""
+    try:
+        proto = shapes.infer(model, strict=False)
+    except shapes.ShapeInferenceError:
+        return {}
+    found: dict[str, tuple] = {}
+    for vi in list(proto.graph.input) + list(proto.graph.value_info) + list(proto.graph.output):
+        tt = vi.type.tensor_type
+        if tt.HasField("shape"):
+            found[vi.name] = tuple(
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+            )
+    return found
+
+
+# --------------------------------------------------------------------------- graph edits
+
+
+def _same_shape(a: tuple | None, b: tuple | None) -> bool:
+    return a is not None and b is not None and len(a) == len(b) and all(x is not None and x == y for x, y in zip(a, b))
+
+
+def _fit_rank(array: np.ndarray, rank: int) -> np.ndarray | None:
+    """Drop leading size-1 axes so ``array`` has at most ``rank`` dims (None if it cannot)."""
+    while array.ndim > rank:
+        if array.shape[0] != 1:
+            return None
+        array = array[0]
+    return array
+
+
+#: (op, index of the known operand) -> the known value that makes the op an identity on the other.
+_NEUTRAL = {("Add", 0): 0.0, ("Add", 1): 0.0, ("Sub", 1): 0.0, ("Mul", 0): 1.0, ("Mul", 1): 1.0, ("Div", 1): 1.0}
+
+
+class Editor:
+    """Graph edits shared by the branch and channel steps, with dead-code removal afterwards."""
+
+    def __init__(self, model: ir.Model):
+        self.model = model
+        self.graph = model.graph
+        self.touched: list[ir.Node] = []  # producers whose outputs may have lost their last use
+        self.constants: dict[tuple[int, str], ir.Value] = {}
+
+    def new_constant(self, name_hint: str, array: np.ndarray) -> ir.Value:
+        return add_initializer(self.graph, name_hint, np.ascontiguousarray(array))
+
+    def replace_input(self, node: ir.Node, index: int, value: ir.Value) -> None:
+        old = node.inputs[index]
+        node.replace_input_with(index, value)
+        if old is not None and old.producer() is not None:
+            self.touched.append(old.producer())
+        elif old is not None:
+            self._drop_initializer(old)
+
+    def bypass(self, node: ir.Node, keep: ir.Value) -> None:
+        """Route every use of ``node``'s output to ``keep`` (node must not feed a graph output)."""
+        ir.convenience.replace_all_uses_with(node.outputs[0], keep)
+        self.touched.append(node)
+
+    def remove_dead(self) -> int:
+        """Remove nodes left without uses (transitively) and the initializers only they read."""
+        removed = 0
+        work = list(self.touched)
+        self.touched.clear()
+        while work:
+            node = work.pop()
+            if node.graph is None or any(o.uses() or o.is_graph_output() for o in node.outputs):
+                continue
+            inputs = [v for v in node.inputs if v is not None]
+            node.graph.remove(node, safe=True)
+            removed += 1
+            for value in inputs:
+                producer = value.producer()
+                if producer is not None:
+                    work.append(producer)
+                else:
+                    self._drop_initializer(value)
+        return removed
+
+    def _drop_initializer(self, value: ir.Value) -> None:
+        if value.uses() or value.is_graph_output() or value.is_graph_input() or not value.is_initializer():
+            return
+        graph = value.graph
+        if graph is not None and value.name in graph.initializers:
+            graph.initializers.pop(value.name)
+
+
+def fold_branches(model: ir.Model, known: KnownValues, editor: Editor) -> int:
+    """Replace fully known (zero-derived) tensors meeting live ones in element-wise ops.
+
+    ``y = x + branch`` with a known branch becomes ``x + constant`` (or ``x`` when the constant
+    is 0; likewise ``x * 1``); the branch's nodes become dead. Returns the number of edits.
+    """
+    edits = 0
+    shared: dict[ir.Value, ir.Value] = {}
+    for node in list(model.graph):
+        if node.op_type not in _BINARY or node.domain not in _DEFAULT_DOMAINS or len(node.inputs) != 2:
+            continue
+        out = node.outputs[0]
+        if known.fully_known(out) and out in known.derived:
+            continue  # still constant downstream: the edit belongs further on
+        for index in (0, 1):
+            value, other = node.inputs[index], node.inputs[1 - index]
+            if value is None or other is None or value not in known.derived or not known.fully_known(value):
+                continue
+            if known.fully_known(other) or not _same_shape(known.shape(out), known.shape(other)):
+                continue  # the constant must not decide the output's shape
+            array = _fit_rank(known.get(value), len(known.shape(out)))
+            if array is None:
+                continue
+            neutral = _NEUTRAL.get((node.op_type, index))
+            if neutral is not None and np.all(array == neutral) and not out.is_graph_output():
+                editor.bypass(node, other)
+            else:
+                if value not in shared:
+                    dtype = value.dtype.numpy() if value.dtype is not None else np.float32
+                    shared[value] = editor.new_constant(f"{value.name}_folded", array.astype(dtype))
+                editor.replace_input(node, index, shared[value])
+            edits += 1
+            break
+    return edits
+
+
+# --------------------------------------------------------------------------- the pass
+
+
+class Zeros(Pass):
+    name = "zeros"
+    summary = "remove exactly-zero channels, neurons and branches (lossless: act(bias) is folded into consumers)"
+    lossless = True
+
+    class Options(Pass.Options):
+        eps: float = option(0.0, "weights with |w| <= eps count as zero (0 keeps the pass exact)")
+        branches: bool = option(True, "replace branches whose weights are all zero by constants")
+        channels: bool = option(True, "remove zero channels from their channel groups")
+
+    def validate_options(self) -> None:
+        if not (self.options.eps >= 0 and math.isfinite(self.options.eps)):
+            raise UsageError(f"zeros:eps must be a finite number >= 0, got {self.options.eps}")
+
+    def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
+        eps = self.options.eps
+        editor = Editor(model)
+        details: dict = {"branch_edits": 0, "nodes_removed": 0}
+        notes: list[str] = []
+        bytes_before = weight_bytes(model)
+        if self.options.branches:
+            known = KnownValues(model, eps, value_shapes(model))
+            details["branch_edits"] = fold_branches(model, known, editor)
+            details["nodes_removed"] += editor.remove_dead()
+        modified = details["branch_edits"] > 0
+        if not modified:
+            return PassResult(False, "no zero structure found", details, notes)
+        shapes.refresh_shapes(model)
+        details["weight_bytes_saved"] = bytes_before - weight_bytes(model)
+        summary = f"{details['branch_edits']} branches folded, {details['nodes_removed']} nodes removed"
+        return PassResult(True, summary, details, notes)
