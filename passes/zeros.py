@@ -486,8 +486,14 @@ class Editor:
             self._drop_initializer(old)
 
     def bypass(self, node: ir.Node, keep: ir.Value) -> None:
-        """Route every use of ``node``'s output to ``keep`` (node must not feed a graph output)."""
-        ir.convenience.replace_all_uses_with(node.outputs[0], keep)
+        """Route every use of ``node``'s output to ``keep`` (an Identity if it is a graph output)."""
+        out = node.outputs[0]
+        if out.is_graph_output():
+            identity = ir.node("Identity", [keep], name=f"{node.name or 'node'}_bypass")
+            self.touched.extend(v.producer() for v in node.inputs if v is not None and v.producer() is not None)
+            ir.convenience.replace_nodes_and_values(node.graph, node, [node], [identity], [out], [identity.outputs[0]])
+            return
+        ir.convenience.replace_all_uses_with(out, keep)
         self.touched.append(node)
 
     def remove_dead(self) -> int:
@@ -542,7 +548,7 @@ def fold_branches(model: ir.Model, known: KnownValues, editor: Editor) -> int:
             if array is None:
                 continue
             neutral = _NEUTRAL.get((node.op_type, index))
-            if neutral is not None and np.all(array == neutral) and not out.is_graph_output():
+            if neutral is not None and np.all(array == neutral):
                 editor.bypass(node, other)
             else:
                 if value not in shared:
@@ -552,6 +558,136 @@ def fold_branches(model: ir.Model, known: KnownValues, editor: Editor) -> int:
             edits += 1
             break
     return edits
+
+
+# --------------------------------------------------------------------------- consumers absorb constants
+
+
+def input_feature_axis(node: ir.Node) -> int | None:
+    """The axis of a consumer's weight that indexes its input features (channels)."""
+    if node.op_type == "Conv":
+        return 1
+    if node.op_type == "Gemm":
+        return 1 if _attr(node, "transB", 0) else 0
+    if node.op_type == "MatMul":
+        return 0
+    return None
+
+
+def zero_input_columns(node: ir.Node, features: np.ndarray, eps: float = 0.0) -> np.ndarray | None:
+    """For each input feature in ``features``: is the consumer's whole weight slice zero?"""
+    axis = input_feature_axis(node)
+    w = constant(node.inputs[1]) if axis is not None and len(node.inputs) > 1 else None
+    if w is None or (node.op_type == "Conv" and _attr(node, "group", 1) != 1):
+        return None
+    weight = np.moveaxis(w.numpy(), axis, 0)
+    sliced = weight[np.asarray(features, dtype=np.int64)].reshape(len(features), -1)
+    return np.all(zero_mask(sliced, eps), axis=1)
+
+
+def can_absorb(node: ir.Node, values: np.ndarray) -> bool:
+    """Whether ``node`` can take constant input features with ``values`` into its bias exactly."""
+    if np.all(values == 0):
+        return True  # a zero input contributes nothing anywhere, padding included
+    if np.any(np.isnan(values)):
+        return False
+    if node.op_type == "Conv":
+        return _attr(node, "group", 1) == 1 and not _has_padding(node)
+    if node.op_type == "Gemm":
+        return not _attr(node, "transA", 0)
+    if node.op_type == "MatMul":
+        return _matmul_bias(node) is not None or not node.outputs[0].is_graph_output()
+    return False
+
+
+def absorb_constant_features(node: ir.Node, features: np.ndarray, values: np.ndarray, editor: Editor) -> None:
+    """Add the contribution of constant input ``features`` (= ``values``) to ``node``'s bias.
+
+    Call before those features are sliced away; ``can_absorb`` must have said yes.
+    """
+    live = values != 0
+    if not np.any(live):
+        return
+    features, values = np.asarray(features)[live], values[live].astype(np.float32)
+    axis = input_feature_axis(node)
+    weight = np.moveaxis(constant(node.inputs[1]).numpy(), axis, 0)[features]  # [F, ...]
+    if node.op_type == "Conv":
+        contrib = np.einsum("f,fo->o", values, weight.reshape(len(features), weight.shape[1], -1).sum(axis=2))
+        _add_to_input(node, 2, contrib, editor)
+    elif node.op_type == "Gemm":
+        contrib = values @ weight * np.float32(_attr(node, "alpha", 1.0))
+        beta = np.float32(_attr(node, "beta", 1.0))
+        if len(node.inputs) > 2 and node.inputs[2] is not None:
+            _add_to_input(node, 2, contrib / beta, editor)
+        else:
+            node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
+            _add_to_input(node, 2, contrib, editor)
+    else:  # MatMul: into the bias Add that follows, or a new one
+        contrib = values @ weight
+        bias_add = _matmul_bias(node)
+        if bias_add is not None:
+            add, index = bias_add
+            _add_to_input(add, index, contrib, editor)
+        else:
+            _append_bias_add(node, contrib, editor)
+
+
+def _matmul_bias(node: ir.Node) -> tuple[ir.Node, int] | None:
+    """The ``Add(MatMul(x, W), b)`` that follows ``node`` with a constant per-feature ``b``."""
+    out = node.outputs[0]
+    uses = out.uses()
+    if len(uses) != 1 or out.is_graph_output():
+        return None
+    add = uses[0].node
+    if add.op_type != "Add" or add.domain not in _DEFAULT_DOMAINS or add.graph is not node.graph:
+        return None
+    index = 1 - uses[0].idx
+    bias = constant(add.inputs[index])
+    if bias is None or not bias.can_replace or len(bias.shape) > 1:
+        return None
+    return add, index
+
+
+def _add_to_input(node: ir.Node, index: int, contrib: np.ndarray, editor: Editor) -> None:
+    """``node.inputs[index] += contrib`` on a constant input (created if missing, copied if shared)."""
+    value = node.inputs[index] if len(node.inputs) > index else None
+    if value is None:
+        array = contrib.astype(np.float32)
+    else:
+        current = constant(value)
+        old = current.numpy()
+        array = (old + contrib).astype(old.dtype)
+        if array.shape != old.shape and old.size == 1:
+            array = array.reshape(-1)
+    if value is not None and _private(value):
+        constant(value).replace(array)
+        return
+    fresh = editor.new_constant(value.name if value is not None else f"{node.name or 'node'}_bias", array)
+    if value is None:
+        node.resize_inputs(index + 1)
+        node.replace_input_with(index, fresh)
+    else:
+        editor.replace_input(node, index, fresh)
+
+
+def _private(value: ir.Value) -> bool:
+    """True when ``value``'s constant storage is read by this one use only (safe to rewrite)."""
+    c = constant(value)
+    if c is None or not c.can_replace or not c.exclusive or len(value.uses()) != 1:
+        return False
+    return all(len(v.uses()) == 1 and not v.is_graph_output() for v in c.storage_values)
+
+
+def _append_bias_add(node: ir.Node, contrib: np.ndarray, editor: Editor) -> None:
+    out = node.outputs[0]
+    bias = editor.new_constant(f"{node.name or 'matmul'}_bias", contrib.astype(np.float32))
+    add = ir.node("Add", [out, bias], name=f"{node.name or 'matmul'}_bias_add")
+    users = list(out.uses())
+    node.graph.insert_after(node, add)
+    for use in users:
+        use.node.replace_input_with(use.idx, add.outputs[0])
+    add.outputs[0].dtype = out.dtype
+    add.outputs[0].shape = out.shape
 
 
 # --------------------------------------------------------------------------- the pass
