@@ -247,8 +247,20 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
         for value, tensor in originals:
             value.const_value = tensor
     _restore_sparse_initializers(proto, _sparse_marked(model))
+    _drop_initializer_value_info(proto)
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
     return proto
+
+
+def _drop_initializer_value_info(proto: onnx.ModelProto) -> None:
+    """onnx-ir writes a value_info per initializer; the tensor already says it, so drop them."""
+    for graph in _all_proto_graphs(proto.graph):
+        inits = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
+        inputs = {i.name for i in graph.input}
+        keep = [vi for vi in graph.value_info if vi.name not in inits or vi.name in inputs]
+        if len(keep) != len(graph.value_info):
+            del graph.value_info[:]
+            graph.value_info.extend(keep)
 
 
 def to_bytes(model: ir.Model | onnx.ModelProto) -> bytes:
@@ -322,7 +334,7 @@ def _write(model: ir.Model | onnx.ModelProto, path: Path, external_data: bool | 
         proto = to_proto(model)
         onnx.save(proto, path, save_as_external_data=True, location=data_name, size_threshold=1024)
     else:
-        ir.save(model, path, external_data=data_name, size_threshold_bytes=1024)
+        _save_external(model, path, data_name)
     data = path.parent / data_name
     return [path, data] if data.exists() else [path]
 
@@ -340,3 +352,19 @@ def write_text_atomic(path: Path, text: str) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _save_external(model: ir.Model, path: Path, data_name: str) -> None:
+    """Like ``ir.save(external_data=...)`` (tensors streamed to the data file, never all in
+    memory), plus our proto clean-ups; the model's tensors are restored afterwards."""
+    values = [v for graph in all_graphs(model) for v in graph.initializers.values()]
+    tensors = [v.const_value for v in values]
+    try:
+        ir.external_data.unload_from_model(model, path.parent, data_name, size_threshold_bytes=1024)
+        proto = ir.serde.serialize_model(model)
+        _drop_initializer_value_info(proto)
+        proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
+        onnx.save(proto, path)
+    finally:
+        for value, tensor in zip(values, tensors):
+            value.const_value = tensor

@@ -66,6 +66,12 @@ class Pass:
     class Options:
         pass
 
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        # ``class Options(Pass.Options)`` need not repeat @dataclass: apply it once here.
+        if "Options" in cls.__dict__ and "__dataclass_fields__" not in cls.Options.__dict__:
+            cls.Options = dataclasses.dataclass(cls.Options)
+
     def __init__(self, options: Any = None, **kwargs: Any) -> None:
         if options is None:
             options = _build_options(type(self), kwargs)

@@ -1,0 +1,179 @@
+"""The command line: bad input gives one line and an exit code, never a traceback or a file."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import onnx
+import pytest
+
+from fixtures import models as fx
+from onnxslim import cli
+
+
+@pytest.fixture
+def model(tmp_path):
+    path = tmp_path / "in.onnx"
+    onnx.save(fx.resnet(), path)
+    return path
+
+
+def _cli(args, capsys):
+    code = cli.main([str(a) for a in args] + ["--quiet"])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _bad_files(tmp_path, model_path):
+    data = model_path.read_bytes()
+    cases = {}
+    (tmp_path / "notonnx.onnx").write_text("hello, this is text\n")
+    cases["not onnx"] = (tmp_path / "notonnx.onnx", "not an ONNX model")
+    (tmp_path / "trunc.onnx").write_bytes(data[: len(data) // 2])
+    cases["truncated"] = (tmp_path / "trunc.onnx", "not an ONNX model")
+    (tmp_path / "garbage.onnx").write_bytes(np.random.default_rng(0).bytes(4096))
+    cases["garbage"] = (tmp_path / "garbage.onnx", "not an ONNX model")
+    (tmp_path / "empty.onnx").write_bytes(b"")
+    cases["empty"] = (tmp_path / "empty.onnx", "empty file")
+    dangling = fx.mlp()
+    dangling.graph.node[1].input[0] = "does_not_exist"
+    onnx.save(dangling, tmp_path / "dangling.onnx")
+    cases["dangling"] = (tmp_path / "dangling.onnx", "dangling input")
+    ext = tmp_path / "ext" / "m.onnx"
+    ext.parent.mkdir()
+    fx.save_with_external_data(fx.resnet(), str(ext))
+    for f in ext.parent.iterdir():
+        if f.suffix != ".onnx":
+            f.unlink()
+    cases["missing external data"] = (ext, "is missing")
+    cases["missing file"] = (tmp_path / "nope.onnx", "no such file")
+    return cases
+
+
+def test_bad_models_exit_1_one_line_no_output(tmp_path, model, capsys):
+    for label, (path, message) in _bad_files(tmp_path, model).items():
+        out = tmp_path / f"out_{label.replace(' ', '_')}.onnx"
+        code, _, err = _cli([path, out], capsys)
+        assert code == 1, label
+        assert err.count("\n") == 1 and err.startswith("onnxslim: error:") and message in err, (label, err)
+        assert "Traceback" not in err
+        assert not out.exists(), label
+    leftovers = [p.name for p in tmp_path.iterdir() if p.name.startswith(".out")]
+    assert leftovers == []
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--passes", "nonexistent"], "unknown pass 'nonexistent'"),
+        (["--passes", "cleanup:dedupe=maybe"], "expected true or false"),
+        (["--passes", "cleanup:nosuch=1"], "has no option 'nosuch'"),
+        (["--passes", "cleanup:dedupe"], "expected key=value"),
+        (["--input-shape", "nope=1x3x32x32"], "model has no input 'nope'"),
+        (["--input-shape", "input=1x3x40x40"], "fixed dim 32"),
+        (["--input-shape", "input=1xAx3"], "bad dimensions"),
+        (["--min-cosine", "2"], "--min-cosine"),
+        (["--inputs", "missing.npz"], "no such input data file"),
+        (["--recipe", "missing.toml"], "no such recipe"),
+        (["--bogus-flag"], "unrecognized arguments"),
+    ],
+)
+def test_usage_errors_exit_2(tmp_path, model, capsys, args, message):
+    out = tmp_path / "out.onnx"
+    code, _, err = _cli([model, out, *args], capsys)
+    assert code == 2, err
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+    assert not out.exists()
+
+
+def test_refuses_to_overwrite_input(model, capsys):
+    before = model.read_bytes()
+    code, _, err = _cli([model, model], capsys)
+    assert code == 2 and "refusing to overwrite" in err
+    assert model.read_bytes() == before
+    code, _, _ = _cli([model, model, "--in-place"], capsys)
+    assert code == 0
+    onnx.checker.check_model(onnx.load(model))
+
+
+def test_main_job_writes_model_and_json_report(tmp_path, model, capsys):
+    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
+    code = cli.main([str(model), str(out), "--report", str(report)])
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "cleanup" in captured.out and "max |Δ|" in captured.out
+    data = json.loads(report.read_text())
+    assert data["passes"][0]["name"] == "cleanup" and data["output"] == str(out)
+    assert data["output_bytes"] == out.stat().st_size
+
+
+def test_dry_run_writes_nothing(tmp_path, model, capsys):
+    out = tmp_path / "out.onnx"
+    code, stdout, _ = _cli([model, out, "--dry-run"], capsys)
+    assert code == 0 and not out.exists()
+
+
+def test_passes_listing(capsys):
+    assert cli.main(["passes"]) == 0
+    out = capsys.readouterr().out
+    assert "cleanup  (lossless)" in out and "dedupe=True  [bool]" in out
+
+
+def test_third_party_pass_via_entry_point(tmp_path, model):
+    plugin = tmp_path / "plugin"
+    plugin.mkdir()
+    (plugin / "halfslim_plugin.py").write_text(
+        textwrap.dedent(
+            """
+            from onnxslim import Pass, PassResult, option
+
+            class Noop(Pass):
+                name = "noop"
+                summary = "does nothing, from a plugin"
+                lossless = True
+
+                class Options(Pass.Options):
+                    level: int = option(1, "how much nothing")
+
+                def run(self, model, ctx):
+                    return PassResult(False, f"nothing at level {self.options.level}")
+            """
+        )
+    )
+    dist = plugin / "halfslim_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: halfslim-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text("[onnxslim.passes]\nnoop = halfslim_plugin:Noop\n")
+    env_path = f"{plugin}"
+    out = tmp_path / "out.onnx"
+    listing = subprocess.run(
+        [sys.executable, "-m", "onnxslim.cli", "passes"], capture_output=True, text=True, env=_env(env_path)
+    )
+    assert "noop  (lossless)  does nothing, from a plugin" in listing.stdout
+    run = subprocess.run(
+        [sys.executable, "-m", "onnxslim.cli", str(model), str(out), "--passes", "noop:level=3", "--quiet", "--report", str(tmp_path / "r.json")],
+        capture_output=True,
+        text=True,
+        env=_env(env_path),
+    )
+    assert run.returncode == 0, run.stderr
+    assert json.loads((tmp_path / "r.json").read_text())["passes"][0]["summary"] == "nothing at level 3"
+    bad = subprocess.run(
+        [sys.executable, "-m", "onnxslim.cli", str(model), str(out), "--passes", "noop:level=x"],
+        capture_output=True,
+        text=True,
+        env=_env(env_path),
+    )
+    assert bad.returncode == 2 and "expected an integer" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def _env(extra_path):
+    import os
+
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path, env.get("PYTHONPATH", "")]))
+    return env

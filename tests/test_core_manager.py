@@ -1,0 +1,206 @@
+"""The pass manager: validation after each pass, rollback, budgets, strict mode, reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+
+import onnxslim
+from fixtures import models as fx
+from onnxslim import constants, model_io, registry
+from onnxslim.errors import PassFailedError, UsageError
+from onnxslim.pass_api import Pass, PassContext, PassResult, option
+
+
+class ScaleFirstWeight(Pass):
+    """Deliberately wrong: claims to be lossless but scales a weight."""
+
+    name = "test-scale"
+    summary = "scale the first weight (test only)"
+    lossless = True
+
+    class Options(Pass.Options):
+        factor: float = option(1.01, "scale factor")
+
+    def run(self, model, ctx: PassContext) -> PassResult:
+        c = next(c for c in constants.model_constants(model) if len(c.shape) >= 2)
+        c.replace(c.numpy() * self.options.factor)
+        return PassResult(True, f"scaled {c.name}")
+
+
+class LossyScale(ScaleFirstWeight):
+    name = "test-lossy-scale"
+    lossless = False
+
+
+class Explodes(Pass):
+    name = "test-explodes"
+    summary = "raises (test only)"
+    lossless = True
+
+    def run(self, model, ctx):
+        raise RuntimeError("boom")
+
+
+class BreaksGraph(Pass):
+    name = "test-breaks"
+    summary = "removes a node others read (test only)"
+    lossless = False
+
+    def run(self, model, ctx):
+        node = next(iter(model.graph))
+        # Detach the first node's output: its consumers now read an undefined value.
+        for use in list(node.outputs[0].uses()):
+            use.node.replace_input_with(use.idx, onnxslim_undefined())
+        return PassResult(True, "broke it")
+
+
+def onnxslim_undefined():
+    import onnx_ir as ir
+
+    return ir.Value(name="undefined_tensor", type=ir.TensorType(ir.DataType.FLOAT))
+
+
+for cls in (ScaleFirstWeight, LossyScale, Explodes, BreaksGraph):
+    registry.register(cls)
+
+
+@pytest.fixture
+def mlp_path(tmp_path):
+    path = tmp_path / "mlp.onnx"
+    onnx.save(fx.mlp(), path)
+    return path
+
+
+def test_wrong_lossless_pass_is_rolled_back_and_named(mlp_path):
+    result = onnxslim.optimize(mlp_path, ["test-scale", "cleanup"])
+    row, after = result.report.passes
+    assert row.name == "test-scale" and row.status == "rolled back"
+    assert "lossless pass changed output" in row.reason
+    assert row.max_abs > 1e-4
+    assert after.status == "no change"  # the pipeline went on, from the rolled-back model
+    original = model_io.load(mlp_path)
+    assert model_io.to_bytes(result.model) == model_io.to_bytes(original)
+
+
+def test_tiny_change_within_default_tolerance_passes(mlp_path):
+    result = onnxslim.optimize(mlp_path, [ScaleFirstWeight(factor=1 + 1e-7)])
+    assert result.report.passes[0].status == "applied"
+
+
+def test_strict_makes_lossless_failure_fatal(mlp_path):
+    with pytest.raises(PassFailedError, match="test-scale"):
+        onnxslim.optimize(mlp_path, "test-scale", strict=True)
+
+
+def test_lossy_pass_reports_drift_and_respects_budget(mlp_path):
+    ok = onnxslim.optimize(mlp_path, [LossyScale(factor=1.01)])
+    row = ok.report.passes[0]
+    assert row.status == "applied" and 0 < row.max_abs and row.min_cosine > 0.99
+    over = onnxslim.optimize(mlp_path, [LossyScale(factor=-1.0)], min_cosine=0.99)
+    row = over.report.passes[0]
+    assert row.status == "rolled back" and "below budget" in row.reason
+
+
+def test_pass_that_raises_is_reported_and_pipeline_continues(mlp_path):
+    result = onnxslim.optimize(mlp_path, ["test-explodes", "cleanup"])
+    assert [p.status for p in result.report.passes] == ["failed", "no change"]
+    assert "RuntimeError: boom" in result.report.passes[0].reason
+
+
+def test_pass_that_breaks_the_graph_is_rolled_back(mlp_path):
+    result = onnxslim.optimize(mlp_path, ["test-breaks"])
+    row = result.report.passes[0]
+    assert row.status == "failed" and row.reason.startswith("broken graph")
+    assert result.report.final_checks["onnxruntime_default_level"] == "ok"
+
+
+def test_no_validate_skips_comparison(mlp_path):
+    result = onnxslim.optimize(mlp_path, "test-scale", validate=False)
+    assert result.report.passes[0].status == "applied"
+    assert result.report.passes[0].metrics == []
+
+
+def test_per_output_tolerance(mlp_path):
+    out = fx.mlp().graph.output[0].name
+    loose = {out: onnxslim.Tolerance(atol=10.0, rtol=0.0)}
+    result = onnxslim.optimize(mlp_path, [ScaleFirstWeight(factor=1.01)], tolerances=loose)
+    assert result.report.passes[0].status == "applied"
+
+
+def test_report_json_is_complete(mlp_path, tmp_path):
+    result = onnxslim.optimize(mlp_path, ["cleanup", LossyScale(factor=1.01)])
+    data = json.loads(result.report.to_json())
+    assert data["before"]["params"] > 0 and data["before"]["macs"] > 0
+    row = data["passes"][1]
+    assert set(row) >= {"name", "status", "lossless", "metrics", "stats", "seconds", "options", "details"}
+    metric = row["metrics"][0]
+    assert set(metric) >= {"max_abs", "max_rel", "cosine", "nan_equal", "top1"}
+    assert data["final_checks"] == {"onnx_checker": "ok", "onnxruntime_default_level": "ok"}
+    text = result.report.render()
+    assert "test-lossy-scale" in text and "applied" in text
+
+
+def test_user_inputs_and_input_shapes(tmp_path):
+    proto = fx.resnet()
+    path = tmp_path / "r.onnx"
+    onnx.save(proto, path)
+    result = onnxslim.optimize(path, input_shapes={"input": (3, 3, 32, 32)}, validate=True)
+    assert result.report.input_shapes == {"input": [3, 3, 32, 32]}
+    samples = [fx.random_inputs(proto, seed=s, batch=1) for s in range(3)]
+    npz = tmp_path / "x.npz"
+    np.savez(npz, input=np.stack([s["input"] for s in samples]))
+    result = onnxslim.optimize(path, inputs=npz)
+    assert result.report.samples == 3
+    with pytest.raises(UsageError, match="no input 'nope'"):
+        onnxslim.optimize(path, input_shapes={"nope": (1, 3, 8, 8)})
+
+
+def test_metrics_nan_equal_and_top1():
+    from onnxslim.validation import compare
+
+    ref = [{"y": np.array([[np.nan, 1.0, 2.0]], np.float32)}]
+    same = compare(ref, [{"y": np.array([[np.nan, 1.0, 2.0]], np.float32)}])[0]
+    assert same.nan_equal and same.within_tolerance and same.max_abs == 0 and same.top1 == 1.0
+    moved = compare(ref, [{"y": np.array([[0.0, 1.0, 2.0]], np.float32)}])[0]
+    assert not moved.nan_equal and not moved.within_tolerance
+    flipped = compare([{"y": np.array([[0.0, 3.0]], np.float32)}], [{"y": np.array([[3.0, 0.0]], np.float32)}])[0]
+    assert flipped.top1 == 0.0 and flipped.cosine == pytest.approx(0.0)
+
+
+def test_option_parsing_and_validation():
+    cls = registry.get("cleanup")
+    p = cls.from_strings({"dedupe": "false"})
+    assert p.options.dedupe is False
+    with pytest.raises(UsageError, match="expected true or false"):
+        cls.from_strings({"dedupe": "maybe"})
+    with pytest.raises(UsageError, match="has no option 'bogus'"):
+        registry.parse_pipeline("cleanup:bogus=1")
+    with pytest.raises(UsageError, match="unknown pass"):
+        registry.parse_pipeline("cleanup,nonexistent")
+    [scale] = registry.parse_pipeline("test-scale:factor=2")
+    assert scale.options.factor == 2.0
+
+
+def test_recipe(tmp_path):
+    recipe = tmp_path / "deploy.toml"
+    recipe.write_text('[[pass]]\nname = "test-lossy-scale"\nfactor = 1.5\n\n[[pass]]\nname = "cleanup"\ndedupe = false\n')
+    a, b = registry.load_recipe(recipe)
+    assert (a.name, a.options.factor, b.name, b.options.dedupe) == ("test-lossy-scale", 1.5, "cleanup", False)
+    recipe.write_text('[[pass]]\nname = "cleanup"\ndedupe = "x"\n')
+    with pytest.raises(UsageError):
+        registry.load_recipe(recipe)
+    recipe.write_text("this is = = not toml")
+    with pytest.raises(UsageError, match="not a valid TOML"):
+        registry.load_recipe(recipe)
+
+
+def test_refuses_to_overwrite_input(mlp_path):
+    result = onnxslim.optimize(mlp_path, validate=False)
+    with pytest.raises(UsageError, match="refusing to overwrite"):
+        result.save(mlp_path)
+    result.save(mlp_path, in_place=True)
+    onnx.checker.check_model(onnx.load(mlp_path))
