@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, default=Tolerance.rtol, help="lossless tolerance: relative to max |reference|")
     p.add_argument("--tolerance", action="append", default=[], metavar="OUTPUT=ATOL[:RTOL]", help="per-output tolerance")
     p.add_argument("--report", help="write the JSON report here")
+    p.add_argument("--plot", help="write an SVG picture of the report here (size, MACs, drift per pass)")
     p.add_argument("--external-data", action="store_true", help="store weights in <output>.data (automatic above 2 GB)")
     p.add_argument("--in-place", action="store_true", help="allow the output to overwrite the input")
     p.add_argument("--dry-run", action="store_true", help="run and report (passes with a dry_run option only plan), write no model")
@@ -127,6 +128,11 @@ def run(argv: Sequence[str] | None = None) -> int:
         result.save(output, external_data=True if args.external_data else None, in_place=args.in_place)
     if args.report:
         result.report.write_json(Path(args.report))
+    if args.plot:
+        from .model_io import write_text_atomic
+        from .plot import report_svg
+
+        write_text_atomic(Path(args.plot), report_svg(result.report))
     if not args.quiet:
         print(result.report.render(), end="")
         if result.report.output:

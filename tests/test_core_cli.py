@@ -101,14 +101,16 @@ def test_refuses_to_overwrite_input(model, capsys):
 
 
 def test_main_job_writes_model_and_json_report(tmp_path, model, capsys):
-    out, report = tmp_path / "out.onnx", tmp_path / "report.json"
-    code = cli.main([str(model), str(out), "--report", str(report)])
+    out, report, plot = tmp_path / "out.onnx", tmp_path / "report.json", tmp_path / "report.svg"
+    code = cli.main([str(model), str(out), "--report", str(report), "--plot", str(plot)])
     captured = capsys.readouterr()
     assert code == 0
     assert "cleanup" in captured.out and "max |Δ|" in captured.out
     data = json.loads(report.read_text())
     assert data["passes"][0]["name"] == "cleanup" and data["output"] == str(out)
     assert data["output_bytes"] == out.stat().st_size
+    svg = plot.read_text()
+    assert svg.startswith("<svg") and "cleanup" in svg and "params 1.000" in svg
 
 
 def test_dry_run_writes_nothing(tmp_path, model, capsys):
