@@ -121,6 +121,9 @@ def optimize(
         except ModelError as exc:
             raise ModelError(f"{exc} (the original model; use --no-validate to skip validation)") from exc
 
+    # Strict shape inference catches stale or wrong shapes a pass leaves behind; it is only a
+    # criterion when the original model passes it (custom domains, for one, do not).
+    infer_ok = _shape_problem(current) is None
     ctx = PassContext(calibration=calib, progress=console.progress, seed=seed)
     for index, p in enumerate(pipeline, 1):
         console.step(f"[{index}/{len(pipeline)}] {p.name}")
@@ -139,7 +142,7 @@ def optimize(
             row.summary, row.details, row.notes = result.summary, result.details, list(result.notes)
             if result.modified:
                 row.status = APPLIED
-                problem = _check_graph(current)
+                problem = _check_graph(current) or (_shape_problem(current) if infer_ok else None)
                 if problem is None and validate:
                     t0 = time.perf_counter()
                     problem = _validate(row, current, feeds, reference, tolerances, default_tolerance, min_cosine)
@@ -172,6 +175,14 @@ def _check_graph(model: ir.Model) -> str | None:
             onnx.checker.check_model(proto)
     except Exception as exc:
         return f"broken graph (onnx checker): {_first_line(exc)}"
+    return None
+
+
+def _shape_problem(model: ir.Model) -> str | None:
+    try:
+        shapes.infer(model, strict=True)
+    except shapes.ShapeInferenceError as exc:
+        return f"broken graph (strict shape inference): {exc}"
     return None
 
 

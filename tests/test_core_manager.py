@@ -204,3 +204,28 @@ def test_refuses_to_overwrite_input(mlp_path):
         result.save(mlp_path)
     result.save(mlp_path, in_place=True)
     onnx.checker.check_model(onnx.load(mlp_path))
+
+
+class StaleShape(Pass):
+    """Leaves a wrong shape on an intermediate value (the onnx-ir pitfall the core must catch)."""
+
+    name = "test-stale-shape"
+    summary = "writes a stale shape (test only)"
+    lossless = True
+
+    def run(self, model, ctx):
+        import onnx_ir as ir
+
+        value = next(iter(model.graph)).outputs[0]
+        value.dtype = ir.DataType.FLOAT
+        value.shape = ir.Shape([7, 7, 7])
+        return PassResult(True, "stale")
+
+
+registry.register(StaleShape)
+
+
+def test_stale_shapes_are_detected_and_rolled_back(mlp_path):
+    result = onnxslim.optimize(mlp_path, "test-stale-shape")
+    row = result.report.passes[0]
+    assert row.status == "failed" and "shape inference" in row.reason
