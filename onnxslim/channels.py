@@ -33,8 +33,8 @@ import onnx_ir as ir
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from . import model_io
-from .constants import ConstantTensor, add_initializer, constant
+from . import model_io, shapes
+from .constants import ConstantTensor, add_initializer, constant, model_constants
 
 Dim = int | str | None
 
@@ -189,19 +189,18 @@ def _attr_ints(node: ir.Node, name: str) -> list[int] | None:
 
 
 def _infer_shapes(model: ir.Model) -> dict[str, list[Dim]]:
-    """Shapes by value name from onnx shape inference on a copy (the model is left untouched)."""
-    proto = model_io.to_proto(model)
+    """Shapes by value name from onnx shape inference on a skeleton (the model is untouched)."""
     try:
-        proto = onnx.shape_inference.infer_shapes(proto, data_prop=True)
-    except Exception:  # inference failures leave shapes unknown; affected groups freeze
-        pass
-    shapes: dict[str, list[Dim]] = {}
+        proto = shapes.infer(model, strict=False)
+    except shapes.ShapeInferenceError:  # shapes stay unknown; the groups they touch freeze
+        proto = model_io.to_proto(model)
+    found: dict[str, list[Dim]] = {}
 
     def record(vi: onnx.ValueInfoProto) -> None:
         tt = vi.type.tensor_type
         if not vi.type.HasField("tensor_type") or not tt.HasField("shape"):
             return
-        shapes[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
+        found[vi.name] = [d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim]
 
     def visit(graph: onnx.GraphProto) -> None:
         for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
@@ -212,7 +211,7 @@ def _infer_shapes(model: ir.Model) -> dict[str, list[Dim]]:
                     visit(sub)
 
     visit(proto.graph)
-    return shapes
+    return found
 
 
 # --------------------------------------------------------------------------- the analysis
@@ -235,6 +234,8 @@ class ChannelAnalysis:
         self._head_atoms: list[np.ndarray] = []
         self._ln_atoms: list[tuple[np.ndarray, ir.Node]] = []
         self._tracked_nodes: list[tuple[ir.Node, np.ndarray]] = []
+        self._layers: list[tuple[ir.Node, list[np.ndarray]]] = []  # MAC ops and the atoms they scale with
+        self._base_macs: dict[int, int] | None = None
         self._applied = False
         self._walk(model.graph)
         for out in model.graph.outputs:
@@ -559,6 +560,7 @@ class ChannelAnalysis:
             self._freeze(out_atoms, f"grouped {_label(node)} (group={group})")
         if b is not None:
             self._ref(b, 0, out_atoms, node, "bias", "producer")
+        self._layers.append((node, [out_atoms] if group > 1 or in_atoms is None else [out_atoms, in_atoms]))
         self._set(node.outputs[0], {1: out_atoms}, node)
 
     _op_ConvTranspose = _op_Conv
@@ -575,6 +577,7 @@ class ChannelAnalysis:
         if feature_axis in axes:
             self._ref(bw, 1 if trans_b else 0, axes[feature_axis], node, "weight", "consumer")
         out_atoms = self._ref(bw, 0 if trans_b else 1, None, node, "weight", "producer")
+        self._layers.append((node, [out_atoms] + ([axes[feature_axis]] if feature_axis in axes else [])))
         if c is not None:
             shape = self._shape(c)
             if constant(c) is None:
@@ -595,6 +598,7 @@ class ChannelAnalysis:
             if ra - 1 in axes_a:
                 self._ref(b, 0, axes_a[ra - 1], node, "weight", "consumer")
             out[ra - 1] = self._ref(b, 1, None, node, "weight", "producer")
+            self._layers.append((node, [out[ra - 1]] + ([axes_a[ra - 1]] if ra - 1 in axes_a else [])))
             self._set(node.outputs[0], out, node)
             return
         if not axes_a and not axes_b:
@@ -620,6 +624,7 @@ class ChannelAnalysis:
             self._union(ka, kb)
         elif ka is not None or kb is not None:
             self._freeze(ka if ka is not None else kb, f"contraction with fixed-width operand at {_label(node)}")
+        self._layers.append((node, list(out.values()) + ([ka] if ka is not None and kb is not None else [])))
         self._set(node.outputs[0], out, node)
 
     def _op_Gather(self, node: ir.Node) -> None:
@@ -820,7 +825,7 @@ class ChannelAnalysis:
                 else:
                     out[a] = atoms
         parts = []
-        for inp in inputs:
+        for inp in inputs if any(self._tracked(i).get(axis) is not None for i in inputs) else ():
             atoms = self._tracked(inp).get(axis)
             if atoms is None:
                 shape = self._shape(inp)
@@ -831,7 +836,7 @@ class ChannelAnalysis:
                 atoms = self._new_atoms(dim)
                 self._freeze(atoms, f"Concat input {inp.name!r} at node {node.name} is not produced by a prunable layer")
             parts.append(atoms)
-        if any(self._tracked(i).get(axis) is not None for i in inputs):
+        if parts:
             out[axis] = np.concatenate(parts)
         for a, atoms in out.items():
             if a == axis:
@@ -1017,6 +1022,69 @@ class ChannelAnalysis:
             positions = np.flatnonzero(gids == g)
             yield self._all_groups[g], positions, self._slot_of_comp[comps[positions]]
 
+    # ---- predictions ---------------------------------------------------------------
+
+    def _kept_components(self, keep: Mapping[ChannelGroup, np.ndarray | Sequence[int]] | None) -> np.ndarray:
+        kept = np.ones(len(self._slot_of_comp), dtype=bool)
+        for group, slots in (keep or {}).items():
+            mask = np.zeros(group.size, dtype=bool)
+            mask[np.asarray(slots, dtype=np.int64)] = True
+            comps = np.flatnonzero(self._group_of_comp == group.id)
+            kept[comps] = mask[self._slot_of_comp[comps]]
+        return kept
+
+    def predict(
+        self,
+        keep: Mapping[ChannelGroup, np.ndarray | Sequence[int]] | None = None,
+        input_shapes: Mapping[str, Sequence[int]] | None = None,
+    ) -> dict[str, int]:
+        """MACs (Conv/Gemm/MatMul, one sample) and parameters now and after keeping ``keep``.
+
+        Unknown input dimensions count as 1 for the batch and 64 elsewhere unless given.
+        """
+        kept = self._kept_components(keep)
+
+        def frac(atoms: np.ndarray) -> float:
+            return float(kept[self._comp[atoms]].mean()) if len(atoms) else 1.0
+
+        base = self._layer_macs(input_shapes)
+        macs_before = sum(base.values())
+        macs_after = 0.0
+        for node, factors in self._layers:
+            macs_after += base.get(id(node), 0) * float(np.prod([frac(a) for a in factors]))
+        params_before = sum(int(np.prod(c.shape)) for c in model_constants(self.model))
+        per_storage: dict[int, tuple[int, float]] = {}
+        for (storage, _), ref in self._refs.items():
+            size, f = per_storage.get(storage, (int(np.prod(ref.tensor.shape)), 1.0))
+            per_storage[storage] = (size, f * frac(ref.atoms))
+        params_after = params_before - sum(size * (1.0 - f) for size, f in per_storage.values())
+        return {
+            "macs_before": int(macs_before),
+            "macs_after": int(round(macs_after)),
+            "params_before": int(params_before),
+            "params_after": int(round(params_after)),
+        }
+
+    def _layer_macs(self, input_shapes: Mapping[str, Sequence[int]] | None) -> dict[int, int]:
+        if self._base_macs is not None and input_shapes is None:
+            return self._base_macs
+        dims = dict(input_shapes or {})
+        for value in self.model.graph.inputs:
+            if value.name not in dims and value.shape is not None:
+                dims[value.name] = [d if isinstance(d, int) else (1 if i == 0 else 64) for i, d in enumerate(value.shape)]
+        try:
+            concrete = shapes.concrete_shapes(self.model, dims)
+        except shapes.ShapeInferenceError:
+            concrete = {}
+        result = {}
+        for node, _ in self._layers:
+            macs = _node_macs(node, concrete)
+            if macs is not None:
+                result[id(node)] = macs
+        if input_shapes is None:
+            self._base_macs = result
+        return result
+
     # ---- applying ------------------------------------------------------------------
 
     def apply(self, keep: Mapping[ChannelGroup, np.ndarray | Sequence[int]]) -> dict[str, int]:
@@ -1085,7 +1153,28 @@ class ChannelAnalysis:
                 if axis < len(dims):
                     dims[axis] = int(kept(atoms).sum())
             value.shape = ir.Shape(dims)
+        shapes.refresh_shapes(self.model)  # strict: raises ShapeInferenceError on an inconsistent result
         return {"groups": groups_changed, "channels_removed": total}
+
+
+def _node_macs(node: ir.Node, concrete: Mapping[str, tuple]) -> int | None:
+    """Multiply-accumulates of one Conv/ConvTranspose/Gemm/MatMul at concrete shapes."""
+
+    def shape(value: ir.Value | None) -> tuple | None:
+        c = constant(value)
+        found = tuple(c.shape) if c is not None else concrete.get(value.name) if value is not None else None
+        return found if found is not None and all(isinstance(d, int) for d in found) else None
+
+    out, x, w = shape(node.outputs[0]), shape(node.inputs[0]), shape(node.inputs[1])
+    if out is None or x is None or w is None:
+        return None
+    if node.op_type == "Conv":
+        return int(np.prod(out)) * int(np.prod(w[1:]))
+    if node.op_type == "ConvTranspose":
+        return int(np.prod(x)) * int(np.prod(w[1:]))
+    if node.op_type == "Gemm":
+        return int(np.prod(out)) * (x[0] if _attr_int(node, "transA", 0) else x[-1])
+    return int(np.prod(out)) * x[-1]
 
 
 def _merged_atoms(atoms: np.ndarray, pos: int, dims: list[Dim]) -> np.ndarray | None:
