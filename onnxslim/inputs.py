@@ -2,7 +2,8 @@
 
 Random inputs are built from each graph input's dtype and shape. Dynamic dimensions come from
 ``--input-shape name=1x3x224x224``; otherwise the leading dimension is 1 and every other
-unknown dimension is :data:`DEFAULT_DIM` (64: divisible by a typical CNN's stride of 32 and a
+unknown dimension is :data:`DEFAULT_DIM` (a named dim gets one size across all inputs, and a
+name that is some input's leading dim is the batch) (64: divisible by a typical CNN's stride of 32 and a
 plausible sequence length), with a warning naming the dims chosen. Integer inputs get valid
 small ranges: Gather indices stay inside the table, "mask" inputs are ones, other ids are in
 ``[0, 10)``.
@@ -56,6 +57,15 @@ def resolve_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None) 
             raise UsageError(f"--input-shape: model has no input {name!r} (inputs: {', '.join(sorted(names))})")
     resolved: dict[str, tuple[int, ...]] = {}
     defaulted: list[str] = []
+    # A named dim means the same size everywhere: learn sizes from user shapes first, and
+    # treat a name that is axis 0 of some input as the batch.
+    symbols: dict[str, int] = {}
+    for value in inputs:
+        if value.name in shapes and value.shape is not None:
+            for dim, size in zip(value.shape, shapes[value.name]):
+                if not isinstance(dim, int) and dim.value is not None:
+                    symbols.setdefault(str(dim.value), int(size))
+    batch_names = {str(v.shape[0].value) for v in inputs if v.shape is not None and len(v.shape) and not isinstance(v.shape[0], int)}
     for value in inputs:
         declared = value.shape
         if value.name in shapes:
@@ -74,9 +84,16 @@ def resolve_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None) 
         for axis, dim in enumerate(declared):
             if isinstance(dim, int):
                 dims.append(dim)
-            else:
-                dims.append(DEFAULT_BATCH if axis == 0 else DEFAULT_DIM)
-                defaulted.append(f"{value.name}[{axis}]={dims[-1]}")
+                continue
+            name = str(dim.value) if dim.value is not None else None
+            if name is not None and name in symbols:
+                dims.append(symbols[name])
+                continue
+            size = DEFAULT_BATCH if axis == 0 or name in batch_names else DEFAULT_DIM
+            if name is not None:
+                symbols[name] = size
+            dims.append(size)
+            defaulted.append(f"{value.name}[{axis}]={size}")
         resolved[value.name] = tuple(dims)
     if defaulted:
         warnings.warn(

@@ -18,6 +18,9 @@ from .errors import ModelError
 
 Feeds = Mapping[str, np.ndarray]
 
+# onnxruntime logs kernel failures to stderr in colour; we report them as one line instead.
+ort.set_default_logger_severity(3)
+
 #: Graph optimisation levels by name. Comparisons use "disabled": onnxruntime's own fusions
 #: would hide differences (a BN-fusion difference of 6e-5 showed as exactly 0 with them on).
 LEVELS = {

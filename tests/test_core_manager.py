@@ -229,3 +229,14 @@ def test_stale_shapes_are_detected_and_rolled_back(mlp_path):
     result = onnxslim.optimize(mlp_path, "test-stale-shape")
     row = result.report.passes[0]
     assert row.status == "failed" and "shape inference" in row.reason
+
+
+def test_named_dims_share_one_size():
+    from onnxslim import inputs
+
+    model = model_io.load(fx.bert_block())
+    shapes = inputs.resolve_shapes(model, {"input_ids": (2, 16)})
+    assert shapes == {"input_ids": (2, 16), "attention_mask": (2, 16)}
+    with pytest.warns(UserWarning, match="defaulted"):
+        shapes = inputs.resolve_shapes(model, None)
+    assert shapes == {"input_ids": (1, inputs.DEFAULT_DIM), "attention_mask": (1, inputs.DEFAULT_DIM)}
