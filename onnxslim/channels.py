@@ -744,7 +744,11 @@ class ChannelAnalysis:
             return
         segments = _align(src, dst)
         if segments is None:
-            self._freeze_inputs(node, "Reshape that cannot be aligned")
+            if constant(node.inputs[1]) is None:
+                for atoms in axes.values():
+                    self._freeze(atoms, f"Reshape with computed shape at node {node.name}")
+            else:
+                self._freeze_inputs(node, "Reshape that cannot be aligned")
             return
         result: dict[int, np.ndarray] = {}
         for in_axes, out_axes in segments:
@@ -1163,7 +1167,8 @@ def _node_macs(node: ir.Node, concrete: Mapping[str, tuple]) -> int | None:
     def shape(value: ir.Value | None) -> tuple | None:
         c = constant(value)
         found = tuple(c.shape) if c is not None else concrete.get(value.name) if value is not None else None
-        return found if found is not None and all(isinstance(d, int) for d in found) else None
+        # dims inference leaves open (a broadcast batch) count once: the estimate is relative
+        return tuple(d if isinstance(d, int) else 1 for d in found) if found is not None else None
 
     out, x, w = shape(node.outputs[0]), shape(node.inputs[0]), shape(node.inputs[1])
     if out is None or x is None or w is None:
