@@ -17,6 +17,7 @@ This pass removes them physically without changing any output:
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Mapping, Sequence
 
@@ -24,7 +25,7 @@ import numpy as np
 import onnx_ir as ir
 import scipy.special
 
-from onnxslim import shapes
+from onnxslim import channels, shapes
 from onnxslim.constants import add_initializer, constant, weight_bytes
 from onnxslim.errors import UsageError
 from onnxslim.pass_api import Pass, PassContext, PassResult, option
@@ -472,7 +473,7 @@ class Editor:
         self.model = model
         self.graph = model.graph
         self.touched: list[ir.Node] = []  # producers whose outputs may have lost their last use
-        self.constants: dict[tuple[int, str], ir.Value] = {}
+        self.prepared = False  # biases were added or copied for folding (outputs unchanged)
 
     def new_constant(self, name_hint: str, array: np.ndarray) -> ir.Value:
         return add_initializer(self.graph, name_hint, np.ascontiguousarray(array))
@@ -642,8 +643,8 @@ def _matmul_bias(node: ir.Node) -> tuple[ir.Node, int] | None:
     if add.op_type != "Add" or add.domain not in _DEFAULT_DOMAINS or add.graph is not node.graph:
         return None
     index = 1 - uses[0].idx
-    bias = constant(add.inputs[index])
-    if bias is None or not bias.can_replace or len(bias.shape) > 1:
+    bias, weight = constant(add.inputs[index]), constant(node.inputs[1])
+    if bias is None or weight is None or not bias.can_replace or bias.shape != weight.shape[-1:]:
         return None
     return add, index
 
@@ -690,6 +691,160 @@ def _append_bias_add(node: ir.Node, contrib: np.ndarray, editor: Editor) -> None
     add.outputs[0].shape = out.shape
 
 
+# --------------------------------------------------------------------------- channel groups
+
+
+@dataclasses.dataclass
+class GroupPlan:
+    """Which slots of a channel group go, and the constants consumers must absorb first."""
+
+    group: channels.ChannelGroup
+    removed: np.ndarray  # slot indices
+    zero_slots: int  # slots whose channels are constant or unread (removable or not)
+    #: (consumer node, input features, their constant values) to fold before slicing
+    folds: list[tuple[ir.Node, np.ndarray, np.ndarray]]
+    blocked: list[str]  # why some constant or unread channels stay
+
+
+def _consumer_features(node: ir.Node, member: channels.Member, known: KnownValues) -> np.ndarray:
+    """Known values (NaN = unknown) of every input feature of a consumer along its weight axis."""
+    size = member.tensor.shape[member.axis]
+    x = node.inputs[0]
+    if node.op_type in ("Conv", "ConvTranspose"):
+        vec = _channel_vector(known.get(x), known.rank(x), size, axis=1)
+    else:
+        vec = _feature_vector(known.get(x), size)
+    return np.full(size, np.nan, np.float32) if vec is None else vec
+
+
+def _absorbs_nonzero(node: ir.Node) -> bool:
+    """Whether a consumer can take a non-zero constant input feature into its bias exactly."""
+    if node.op_type == "Conv":
+        return _attr(node, "group", 1) == 1 and not _has_padding(node)
+    if node.op_type == "Gemm":
+        return not _attr(node, "transA", 0)
+    if node.op_type == "MatMul":
+        return _matmul_bias(node) is not None or not node.outputs[0].is_graph_output()
+    return False
+
+
+def plan_group(group: channels.ChannelGroup, known: KnownValues, eps: float) -> GroupPlan:
+    """Slots every consumer either ignores (zero input columns) or can absorb as a constant."""
+    ok = np.ones(group.size, dtype=bool)
+    any_zero = np.ones(group.size, dtype=bool)
+    blocked: list[str] = []
+    candidates = []
+    contracted = [n for n in group.nodes if n.op_type == "MatMul" and constant(n.inputs[1]) is None]
+    if contracted or not group.consumers:
+        why = f"channels contracted by {contracted[0].name}" if contracted else "no consumer reads them"
+        return GroupPlan(group, np.zeros(0, np.int64), 0, [], [why])
+    for member in group.consumers:
+        node = member.node
+        columns = np.moveaxis(member.tensor.numpy(), member.axis, 0)[member.positions]
+        unread = np.all(zero_mask(columns.reshape(len(member.positions), -1), eps), axis=1)
+        values = _consumer_features(node, member, known)[member.positions]
+        constant_zero = values == 0
+        foldable = ~np.isnan(values) & _absorbs_nonzero(node)
+        fine = unread | constant_zero | foldable
+        slot_ok = np.ones(group.size, dtype=bool)
+        np.logical_and.at(slot_ok, member.slots, fine)
+        slot_any = np.ones(group.size, dtype=bool)
+        np.logical_and.at(slot_any, member.slots, unread | ~np.isnan(values))
+        if np.any(slot_any & ~slot_ok):
+            blocked.append(f"a constant reaches {node.name} ({node.op_type} with padding or no bias to fold into)")
+        ok &= slot_ok
+        any_zero &= slot_any
+        fold = ~unread & ~constant_zero
+        candidates.append((node, member, fold, values))
+    if ok.all():  # a layer cannot lose every channel: keep the first one
+        ok[0] = False
+        blocked.append("every channel is removable; one is kept")
+    removed = np.flatnonzero(ok)
+    folds = []
+    for node, member, fold, values in candidates:
+        take = fold & ok[member.slots]
+        if take.any():
+            folds.append((node, member.positions[take], values[take]))
+    return GroupPlan(group, removed, int(any_zero.sum()), folds, blocked)
+
+
+def _needs_private_bias(node: ir.Node) -> bool:
+    """True when folding into ``node`` needs a bias it does not have as a private [N] vector."""
+    if node.op_type == "MatMul":
+        found = _matmul_bias(node)
+        return found is None or not _private(found[0].inputs[found[1]])
+    index = 2
+    value = node.inputs[index] if len(node.inputs) > index else None
+    if value is None or not _private(value):
+        return True
+    return len(constant(value).shape) != 1
+
+
+def prepare_bias(node: ir.Node, editor: Editor) -> None:
+    """Give ``node`` a private per-feature bias (zeros where it had none); outputs do not change."""
+    editor.prepared = True
+    shape = constant(node.inputs[1]).shape
+    width = shape[0] if node.op_type == "Conv" or (node.op_type == "Gemm" and _attr(node, "transB", 0)) else shape[1]
+    if node.op_type == "MatMul":
+        found = _matmul_bias(node)
+        if found is None:
+            _append_bias_add(node, np.zeros(width, np.float32), editor)
+        else:
+            add, index = found
+            editor.replace_input(add, index, editor.new_constant(add.inputs[index].name, constant(add.inputs[index]).numpy()))
+        return
+    value = node.inputs[2] if len(node.inputs) > 2 else None
+    array = np.zeros(width, np.float32)
+    if value is not None:
+        old = constant(value).numpy()
+        if node.op_type == "Gemm" and old.ndim == 2 and old.shape[0] != 1:
+            return  # a per-row bias [M, N] stays as it is; folding adds to it in place
+        array = np.broadcast_to(old, (width,)).astype(old.dtype)
+    fresh = editor.new_constant(value.name if value is not None else f"{node.name or 'node'}_bias", array)
+    if value is None:
+        node.resize_inputs(3)
+        node.replace_input_with(2, fresh)
+    else:
+        editor.replace_input(node, 2, fresh)
+
+
+def remove_channels(model: ir.Model, eps: float, editor: Editor, ctx: PassContext) -> tuple[list[GroupPlan], dict]:
+    """Remove the removable slots of every channel group; returns the plans that removed some."""
+    for attempt in range(2):
+        analysis = channels.analyze(model)
+        known = KnownValues(model, eps, value_shapes(model))
+        plans = [plan_group(g, known, eps) for g in ctx.progress(analysis.groups, "channel groups", total=len(analysis.groups))]
+        plans = [p for p in plans if p.zero_slots]
+        active = [p for p in plans if len(p.removed)]
+        unprepared = {id(n): n for p in active for n, _, _ in p.folds if _needs_private_bias(n)}
+        if not unprepared:
+            break
+        if attempt == 1:  # preparing did not help: keep those groups whole
+            active = [p for p in active if not any(_needs_private_bias(n) for n, _, _ in p.folds)]
+            break
+        for node in unprepared.values():
+            prepare_bias(node, editor)
+    frozen_zero = _frozen_with_zeros(analysis, known, eps)
+    if not active:
+        return plans, frozen_zero
+    for plan in active:
+        for node, features, values in plan.folds:
+            absorb_constant_features(node, features, values, editor)
+    keep = {p.group: np.setdiff1d(np.arange(p.group.size), p.removed) for p in active}
+    analysis.apply(keep)
+    return plans, frozen_zero
+
+
+def _frozen_with_zeros(analysis: channels.ChannelAnalysis, known: KnownValues, eps: float) -> dict:
+    """Frozen groups whose channels include constant or unread ones, with the freeze reason."""
+    found = {}
+    for frozen in analysis.frozen:
+        plan = plan_group(frozen.group, known, eps)
+        if plan.zero_slots:
+            found[frozen.group.name] = frozen.reason
+    return found
+
+
 # --------------------------------------------------------------------------- the pass
 
 
@@ -710,17 +865,36 @@ class Zeros(Pass):
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         eps = self.options.eps
         editor = Editor(model)
-        details: dict = {"branch_edits": 0, "nodes_removed": 0}
+        details: dict = {"branch_edits": 0, "channels_removed": 0, "groups_changed": 0, "nodes_removed": 0}
         notes: list[str] = []
         bytes_before = weight_bytes(model)
         if self.options.branches:
             known = KnownValues(model, eps, value_shapes(model))
             details["branch_edits"] = fold_branches(model, known, editor)
             details["nodes_removed"] += editor.remove_dead()
-        modified = details["branch_edits"] > 0
+        if self.options.channels:
+            plans, frozen = remove_channels(model, eps, editor, ctx)
+            changed = [p for p in plans if len(p.removed)]
+            details["channels_removed"] = int(sum(len(p.removed) for p in changed))
+            details["groups_changed"] = len(changed)
+            details["groups"] = {
+                p.group.name: {"kind": p.group.kind, "size": p.group.size, "removed": len(p.removed), "zero": p.zero_slots}
+                for p in plans
+            }
+            for p in plans:
+                if p.zero_slots > len(p.removed):
+                    kept = p.zero_slots - len(p.removed)
+                    notes.append(f"{p.group.name}: {kept} zero channel(s) kept: {'; '.join(dict.fromkeys(p.blocked))}")
+            for name, reason in frozen.items():
+                notes.append(f"{name}: zero channels kept, group frozen ({reason})")
+            details["nodes_removed"] += editor.remove_dead()
+        modified = details["branch_edits"] > 0 or details["channels_removed"] > 0 or editor.prepared
         if not modified:
-            return PassResult(False, "no zero structure found", details, notes)
+            return PassResult(False, "no removable zero structure found", details, notes)
         shapes.refresh_shapes(model)
         details["weight_bytes_saved"] = bytes_before - weight_bytes(model)
-        summary = f"{details['branch_edits']} branches folded, {details['nodes_removed']} nodes removed"
+        summary = (
+            f"{details['channels_removed']} channels removed from {details['groups_changed']} groups, "
+            f"{details['branch_edits']} zero branches folded, {details['nodes_removed']} nodes removed"
+        )
         return PassResult(True, summary, details, notes)
