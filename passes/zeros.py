@@ -694,6 +694,9 @@ def _append_bias_add(node: ir.Node, contrib: np.ndarray, editor: Editor) -> None
 # --------------------------------------------------------------------------- channel groups
 
 
+_LAYERS = {"Conv", "ConvTranspose", "Gemm", "MatMul"}
+
+
 @dataclasses.dataclass
 class GroupPlan:
     """Which slots of a channel group go, and the constants consumers must absorb first."""
@@ -810,6 +813,8 @@ def prepare_bias(node: ir.Node, editor: Editor) -> None:
 
 def remove_channels(model: ir.Model, eps: float, editor: Editor, ctx: PassContext) -> tuple[list[GroupPlan], dict]:
     """Remove the removable slots of every channel group; returns the plans that removed some."""
+    if not any(n.op_type in _LAYERS and len(n.inputs) > 1 and constant(n.inputs[1]) is not None for n in model.graph):
+        return [], {}  # nothing creates channels (channels.analyze needs at least one layer)
     for attempt in range(2):
         analysis = channels.analyze(model)
         known = KnownValues(model, eps, value_shapes(model))
