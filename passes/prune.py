@@ -217,10 +217,10 @@ class Prune(Pass):
 
     def _n_keep(self, group: ChannelGroup, n_remove: int) -> int:
         o = self.options
-        keep = group.size - n_remove
+        keep = max(group.size - n_remove, o.min_channels, 1)
         if group.kind != "heads" and o.round_to > 1:
             keep = int(np.ceil(keep / o.round_to) * o.round_to)
-        return int(min(group.size, max(keep, o.min_channels, 1)))
+        return int(min(group.size, keep))
 
     def _plan(self, analysis: ChannelAnalysis, groups: list[ChannelGroup], scores) -> dict[ChannelGroup, np.ndarray]:
         o = self.options
@@ -273,8 +273,7 @@ class Prune(Pass):
             gone = np.setdiff1d(np.arange(group.size), keep)
             if len(gone) == 0:
                 continue
-            entry = {"group": group.name, "kind": group.kind, "before": group.size, "after": len(keep)}
-            entry["removed" if len(gone) <= 64 else "removed_first"] = gone[:64].tolist()
+            entry = {"group": group.name, "kind": group.kind, "before": group.size, "after": len(keep), "removed": gone.tolist()}
             pruned.append(entry)
         return {
             "criterion": criterion_name,
