@@ -326,7 +326,7 @@ def _write(model: ir.Model | onnx.ModelProto, path: Path, external_data: bool | 
         external_data = weight_bytes(model) > INLINE_LIMIT_BYTES
     sparse = _sparse_marked(model)
     if not external_data:
-        path.write_bytes(to_bytes(model))
+        _write_inline_streaming(model, path)
         return [path]
     data_name = f"{path.name}.data"
     if sparse:
@@ -368,3 +368,78 @@ def _save_external(model: ir.Model, path: Path, data_name: str) -> None:
     finally:
         for value, tensor in zip(values, tensors):
             value.const_value = tensor
+
+
+def _encode_varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        out.append(byte | (0x80 if n else 0))
+        if not n:
+            return bytes(out)
+
+
+#: Wire tag of ModelProto.graph (field 7, length-delimited).
+_GRAPH_TAG = bytes([(7 << 3) | 2])
+
+
+def _write_inline_streaming(model: ir.Model, path: Path) -> None:
+    """Write an inline model one initializer at a time.
+
+    Protobuf merges repeated occurrences of an embedded message field, so the file is the model
+    without its main-graph initializers followed by one ``graph { initializer: t }`` record per
+    tensor. Peak memory is one tensor's serialisation, not two extra copies of every weight.
+    """
+    graph = model.graph
+    values = list(graph.initializers.values())
+    sparse = _sparse_marked(model)
+    graph.initializers.clear()
+    try:
+        skeleton = to_proto(model)
+    finally:
+        for value in values:
+            graph.initializers.add(value)
+    names = {v.name for v in values}
+    kept = [vi for vi in skeleton.graph.value_info if vi.name not in names]
+    del skeleton.graph.value_info[:]
+    skeleton.graph.value_info.extend(kept)
+    with open(path, "wb") as f:
+        f.write(skeleton.SerializeToString())
+        for value in values:
+            if value.const_value is not None:
+                _write_initializer_record(f, value, value.name in sparse)
+
+
+#: Wire tags: GraphProto.initializer (5), GraphProto.sparse_initializer (15), TensorProto.raw_data (9).
+_INIT_TAG = bytes([(5 << 3) | 2])
+_SPARSE_TAG = bytes([(15 << 3) | 2])
+_RAW_TAG = bytes([(9 << 3) | 2])
+
+
+def _write_initializer_record(f, value: ir.Value, as_sparse: bool) -> None:
+    tensor = value.const_value
+    if isinstance(tensor, ir.ExternalTensor):
+        tensor = ir.Tensor(tensor.numpy(), name=value.name)
+    if as_sparse or tensor.dtype == ir.DataType.STRING:
+        record = onnx.GraphProto()
+        proto = ir.serde.serialize_tensor(tensor)
+        proto.name = value.name
+        if as_sparse:
+            record.sparse_initializer.append(_dense_to_coo(proto))
+        else:
+            record.initializer.append(proto)
+        payload = record.SerializeToString()
+        f.write(_GRAPH_TAG + _encode_varint(len(payload)) + payload)
+        return
+    # Header (name, type, dims) serialised by protobuf; the raw bytes written straight from
+    # the tensor, so the largest transient is one copy of one tensor.
+    header = onnx.TensorProto(name=value.name, data_type=int(tensor.dtype), dims=list(tensor.shape))
+    if tensor.doc_string:
+        header.doc_string = tensor.doc_string
+    head = header.SerializeToString()
+    raw = tensor.tobytes()
+    tensor_len = len(head) + len(_RAW_TAG) + len(_encode_varint(len(raw))) + len(raw)
+    init = _INIT_TAG + _encode_varint(tensor_len)
+    f.write(_GRAPH_TAG + _encode_varint(len(init) + tensor_len) + init + head + _RAW_TAG + _encode_varint(len(raw)))
+    f.write(raw)

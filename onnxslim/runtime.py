@@ -30,6 +30,12 @@ LEVELS = {
 }
 
 
+#: Above this many weight bytes a session is built from a temporary file with external data:
+#: tensors stream to disk one by one, instead of a serialised proto plus its bytes (two
+#: transient copies of every weight) living beside the model and onnxruntime's own copy.
+_IN_MEMORY_LIMIT_BYTES = 16 * 2**20
+
+
 @contextlib.contextmanager
 def session(
     model: ir.Model | onnx.ModelProto,
@@ -39,7 +45,8 @@ def session(
 ) -> Iterator[ort.InferenceSession]:
     """A CPU session for ``model``; ``extra_outputs`` are exposed as additional outputs.
 
-    Models too large for one protobuf go through a temporary file with external data.
+    Models with more than :data:`_IN_MEMORY_LIMIT_BYTES` of weights go through a temporary file
+    with external data.
     """
     opts = ort.SessionOptions()
     opts.graph_optimization_level = LEVELS[level]
@@ -53,7 +60,7 @@ def session(
                 model.graph.outputs.append(value)
                 added.append(value)
     try:
-        if isinstance(model, onnx.ModelProto) or weight_bytes(model) <= model_io.INLINE_LIMIT_BYTES:
+        if isinstance(model, onnx.ModelProto) or weight_bytes(model) <= _IN_MEMORY_LIMIT_BYTES:
             data = model_io.to_bytes(model)
             yield _create(data, opts)
         else:
