@@ -1275,6 +1275,8 @@ def _flush(writes: dict[int, list]) -> None:
     for value, readers in writes.values():
         tensor = constant(value)
         base = tensor.numpy().reshape(-1)
+        if value.dtype is None:  # untyped Constant output: ConstantTensor.replace would assume float
+            value.dtype = ir.DataType.from_numpy(base.dtype)
         arrays = {}
         for key, (reader, entries) in readers.items():
             arr = base.copy()
