@@ -21,6 +21,7 @@ import onnx
 import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
+from . import wire
 from .constants import SPARSE_FORMAT_KEY, all_graphs
 from .errors import ModelError
 
@@ -70,7 +71,7 @@ def load_document(source: ModelSource) -> Document:
             raise ModelError(f"{path}: no such file")
         if path.is_dir():
             raise ModelError(f"{path}: is a directory, not an ONNX file")
-        proto = _parse_file(path)
+        proto = _parse_path(path)
     where = str(path) if path else "model"
     base_dir = path.parent if path else None
     _check_structure(proto, where)
@@ -81,6 +82,7 @@ def load_document(source: ModelSource) -> Document:
     except Exception as exc:
         root = _root_cause(exc)
         if isinstance(root, NotImplementedError):  # valid ONNX that onnx-ir cannot hold
+            proto = _parse_file(path) if path is not None else proto  # kept as read, weights inline
             return Document(None, proto, path, unsupported=str(root).split(". Please")[0])
         raise ModelError(f"{where}: cannot read model: {str(root).splitlines()[0]}") from exc
     if base_dir is not None:
@@ -97,6 +99,18 @@ def _root_cause(exc: BaseException) -> BaseException:
     while exc.__cause__ is not None:
         exc = exc.__cause__
     return exc
+
+
+def _parse_path(path: Path) -> onnx.ModelProto:
+    """Parse with weights left in the file (see :mod:`onnxslim.wire`); a file the lazy reader
+    does not understand is parsed normally, which also gives the precise error."""
+    try:
+        proto, _ = wire.parse_lazily(path)
+    except (wire.WireError, DecodeError, RuntimeError, ValueError, IndexError, OSError):
+        return _parse_file(path)
+    if not proto.HasField("graph") or not proto.opset_import:
+        return _parse_file(path)
+    return proto
 
 
 def _parse_file(path: Path) -> onnx.ModelProto:
@@ -292,7 +306,8 @@ def save(
     ``external_data`` None picks inline below :data:`INLINE_LIMIT_BYTES` of weights and an
     external ``<name>.data`` file next to the output above it. Everything is written into a
     temporary directory beside the target and renamed into place, so a failure leaves no partial
-    output and reading lazily from an input that is being replaced stays safe.
+    output. Saving over the input is safe: every lazy tensor is read (and its memory map,
+    which keeps the old file's data alive, cached) before the rename.
     """
     path = Path(path)
     target_dir = path.parent if str(path.parent) else Path(".")
@@ -443,3 +458,4 @@ def _write_initializer_record(f, value: ir.Value, as_sparse: bool) -> None:
     init = _INIT_TAG + _encode_varint(tensor_len)
     f.write(_GRAPH_TAG + _encode_varint(len(init) + tensor_len) + init + head + _RAW_TAG + _encode_varint(len(raw)))
     f.write(raw)
+
