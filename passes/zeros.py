@@ -873,6 +873,7 @@ class Zeros(Pass):
         details: dict = {"branch_edits": 0, "channels_removed": 0, "groups_changed": 0, "nodes_removed": 0}
         notes: list[str] = []
         bytes_before = weight_bytes(model)
+        declared = [(v, v.shape) for v in model.graph.outputs]
         if self.options.branches:
             known = KnownValues(model, eps, value_shapes(model))
             details["branch_edits"] = fold_branches(model, known, editor)
@@ -897,6 +898,8 @@ class Zeros(Pass):
         if not modified:
             return PassResult(False, "no removable zero structure found", details, notes)
         shapes.refresh_shapes(model)
+        for value, shape in declared:  # inference names unknown output dims 'unk__N'; keep the declared ones
+            value.shape = shape
         details["weight_bytes_saved"] = bytes_before - weight_bytes(model)
         summary = (
             f"{details['channels_removed']} channels removed from {details['groups_changed']} groups, "

@@ -398,3 +398,72 @@ def test_digits_cnn_gamma_zero_channels_on_real_data():
     ref, got = outputs(zeroed, feeds)["logits"], outputs(out, feeds)["logits"]
     assert np.array_equal(ref.argmax(1), got.argmax(1))
     assert any(note.startswith("/conv2/Conv") for note in result.notes)
+
+
+def test_weights_in_constant_nodes_are_sliced_in_place():
+    """Paddle-style export: the zero filters live in Constant nodes; no initializer appears."""
+    proto = fx.constant_node_convnet()
+    zeroed = onnx.ModelProto()
+    zeroed.CopyFrom(proto)
+    for node in zeroed.graph.node:
+        if node.op_type == "Constant" and node.output[0] == "pwconv.weight":
+            array = numpy_helper.to_array(node.attribute[0].t).copy()
+            array[[2, 5]] = 0  # hard-swish(bias) -> nearest Resize -> 1x1 head conv folds it
+            node.attribute[0].t.CopyFrom(numpy_helper.from_array(array, "pwconv.weight"))
+    out, result = apply(zeroed)
+    assert result.details["channels_removed"] == 2
+    assert_same_outputs(zeroed, out, fx.random_inputs(proto, seed=2))
+    assert_well_formed(zeroed, out)
+    assert len(out.graph.initializer) == 0
+    dims = {n.output[0]: tuple(n.attribute[0].t.dims) for n in out.graph.node if n.op_type == "Constant"}
+    assert dims["pwconv.weight"] == (22, 16, 1, 1) and dims["pwconv.bias"] == (22,) and dims["head.weight"] == (4, 22, 1, 1)
+
+
+def test_int8_weights_stay_int8():
+    proto = fx.int8_weights()
+    zeroed = edit_weights(proto, {"fc1.weight_quantized": set_at([3, 4], 0, axis=1)})
+    shapes = {
+        "fc1.weight_quantized": (64, 126),
+        "fc1.weight_scale": (126,),
+        "fc1.bias": (126,),
+        "fc2.weight_quantized": (126, 64),
+    }
+    out, _ = apply(zeroed)
+    assert_same_outputs(zeroed, out, fx.random_inputs(proto, seed=4, batch=8))
+    assert_well_formed(zeroed, out)
+    after = {t.name: (tuple(t.dims), t.data_type) for t in out.graph.initializer}
+    for name, shape in shapes.items():
+        assert after[name][0] == shape
+    assert after["fc2.weight_quantized"][1] == onnx.TensorProto.INT8
+
+
+def test_eps_treats_tiny_weights_as_zero_only_when_asked():
+    proto = fx.mlp()
+    tiny = edit_weights(proto, {"fc2.weight": set_at([20, 21], 1e-9)})  # inputs fc2 barely reads
+    assert apply(tiny)[1].modified is False
+    out, result = apply(tiny, eps=1e-6)
+    assert result.details["channels_removed"] == 2
+    assert_well_formed(tiny, out)
+
+
+def test_through_optimize_and_cli_per_pass_validation_shows_lossless(tmp_path):
+    import json
+
+    import onnxslim
+    from onnxslim.cli import main
+
+    proto, zeroed = _digits_zeroed()
+    data = np.load(FIXTURES / "digits_data.npz")
+    result = onnxslim.optimize(zeroed, "zeros", inputs=[{"input": data["x_test"][:64]}], strict=True)
+    row = result.report.passes[0]
+    assert row.status == "applied"
+    assert row.lossless and all(m.within_tolerance for m in row.metrics)
+    assert row.details["channels_removed"] == 5
+    assert result.report.before.macs > row.stats.macs
+
+    src, dst, report = tmp_path / "in.onnx", tmp_path / "out.onnx", tmp_path / "report.json"
+    onnx.save(edit_weights(fx.mlp(), {"fc1.weight": set_at([1, 7, 9], 0.0)}), src)
+    assert main([str(src), str(dst), "--passes", "zeros", "--report", str(report), "--quiet", "--strict"]) == 0
+    entry = json.loads(report.read_text())["passes"][0]
+    assert entry["status"] == "applied" and entry["details"]["channels_removed"] == 3
+    assert tuple(initializer_shapes(onnx.load(dst))["fc1.weight"]) == (125, 64)
