@@ -155,7 +155,12 @@ class ConstantTensor:
 
     @property
     def dtype(self) -> ir.DataType:
-        return self.value.dtype if self.value.dtype is not None else ir.DataType.FLOAT
+        """The effective element type (from the stored data when the value is untyped)."""
+        if self.value.dtype is not None:
+            return self.value.dtype
+        if self.storage == "dequantized":
+            return ir.DataType.from_numpy(self._parts[1].numpy().dtype)
+        return ir.DataType.from_numpy(self._parts[0].numpy().dtype)
 
     @property
     def users(self) -> list[ir.Node]:
@@ -211,7 +216,9 @@ class ConstantTensor:
             offset = len(shape) - scale.ndim
             if scale.ndim and axis >= offset and scale.shape[axis - offset] == shape[axis]:
                 scale_part.write(np.take(scale, indices, axis=axis - offset))
-            cast_out = self._cast_node().outputs[0]
+            cast_node = self._cast_node()
+            cast_out = cast_node.outputs[0]
+            cast_out.dtype = ir.DataType(cast_node.attributes["to"].as_int())
             cast_out.shape = ir.Shape(q_part.numpy().shape)
         self._refresh_shape(axis, len(indices))
 
