@@ -185,7 +185,7 @@ class KnownValues:
         self.known: dict[ir.Value, Known] = {}
         self.derived: set[ir.Value] = set()
         self.constants: set[ir.Value] = set()
-        for node in model.graph:  # the graph is kept topologically sorted by onnx-ir's loaders
+        for node in model.graph:  # ONNX graphs are topologically sorted
             self._visit(node)
 
     # -- queries ---------------------------------------------------------------------
@@ -240,7 +240,7 @@ class KnownValues:
         if result is None:
             return
         inputs = [v for v in node.inputs if v is not None]
-        if all(v in self.constants for v in inputs):
+        if all(v in self.constants or (v not in self.derived and constant(v) is not None) for v in inputs):
             return  # an ordinary constant subgraph: not ours to touch
         self.known[out] = result.astype(np.float32, copy=False)
         self.derived.add(out)
@@ -525,11 +525,12 @@ class Editor:
             graph.initializers.pop(value.name)
 
 
-def fold_branches(model: ir.Model, known: KnownValues, editor: Editor) -> int:
+def fold_branches(model: ir.Model, known: KnownValues, editor: Editor, *, apply: bool = True) -> int:
     """Replace fully known (zero-derived) tensors meeting live ones in element-wise ops.
 
     ``y = x + branch`` with a known branch becomes ``x + constant`` (or ``x`` when the constant
-    is 0; likewise ``x * 1``); the branch's nodes become dead. Returns the number of edits.
+    is 0; likewise ``x * 1``); the branch's nodes become dead. Returns the number of edits
+    (only counted when ``apply`` is False).
     """
     edits = 0
     shared: dict[ir.Value, ir.Value] = {}
@@ -549,11 +550,13 @@ def fold_branches(model: ir.Model, known: KnownValues, editor: Editor) -> int:
             if array is None:
                 continue
             neutral = _NEUTRAL.get((node.op_type, index))
-            if neutral is not None and np.all(array == neutral):
+            if not apply:
+                pass
+            elif neutral is not None and np.all(array == neutral):
                 editor.bypass(node, other)
             else:
                 if value not in shared:
-                    dtype = value.dtype.numpy() if value.dtype is not None else np.float32
+                    dtype = (value.dtype or other.dtype or ir.DataType.FLOAT).numpy()
                     shared[value] = editor.new_constant(f"{value.name}_folded", array.astype(dtype))
                 editor.replace_input(node, index, shared[value])
             edits += 1
@@ -653,7 +656,7 @@ def _add_to_input(node: ir.Node, index: int, contrib: np.ndarray, editor: Editor
     """``node.inputs[index] += contrib`` on a constant input (created if missing, copied if shared)."""
     value = node.inputs[index] if len(node.inputs) > index else None
     if value is None:
-        array = contrib.astype(np.float32)
+        array = contrib.astype(_output_dtype(node))
     else:
         current = constant(value)
         old = current.numpy()
@@ -671,6 +674,12 @@ def _add_to_input(node: ir.Node, index: int, contrib: np.ndarray, editor: Editor
         editor.replace_input(node, index, fresh)
 
 
+def _output_dtype(node: ir.Node) -> np.dtype:
+    """The numpy dtype of a layer's output (its bias must match it): its own, else its weight's."""
+    dtype = node.outputs[0].dtype or node.inputs[1].dtype
+    return np.dtype(dtype.numpy()) if dtype is not None else np.dtype(np.float32)
+
+
 def _private(value: ir.Value) -> bool:
     """True when ``value``'s constant storage is read by this one use only (safe to rewrite)."""
     c = constant(value)
@@ -681,7 +690,7 @@ def _private(value: ir.Value) -> bool:
 
 def _append_bias_add(node: ir.Node, contrib: np.ndarray, editor: Editor) -> None:
     out = node.outputs[0]
-    bias = editor.new_constant(f"{node.name or 'matmul'}_bias", contrib.astype(np.float32))
+    bias = editor.new_constant(f"{node.name or 'matmul'}_bias", contrib.astype(_output_dtype(node)))
     add = ir.node("Add", [out, bias], name=f"{node.name or 'matmul'}_bias_add")
     users = list(out.uses())
     node.graph.insert_after(node, add)
@@ -791,13 +800,13 @@ def prepare_bias(node: ir.Node, editor: Editor) -> None:
     if node.op_type == "MatMul":
         found = _matmul_bias(node)
         if found is None:
-            _append_bias_add(node, np.zeros(width, np.float32), editor)
+            _append_bias_add(node, np.zeros(width, _output_dtype(node)), editor)
         else:
             add, index = found
             editor.replace_input(add, index, editor.new_constant(add.inputs[index].name, constant(add.inputs[index]).numpy()))
         return
     value = node.inputs[2] if len(node.inputs) > 2 else None
-    array = np.zeros(width, np.float32)
+    array = np.zeros(width, _output_dtype(node))
     if value is not None:
         old = constant(value).numpy()
         if node.op_type == "Gemm" and old.ndim == 2 and old.shape[0] != 1:
@@ -811,10 +820,16 @@ def prepare_bias(node: ir.Node, editor: Editor) -> None:
         editor.replace_input(node, 2, fresh)
 
 
-def remove_channels(model: ir.Model, eps: float, editor: Editor, ctx: PassContext) -> tuple[list[GroupPlan], dict]:
-    """Remove the removable slots of every channel group; returns the plans that removed some."""
+def remove_channels(
+    model: ir.Model, eps: float, editor: Editor, ctx: PassContext, *, dry_run: bool = False
+) -> tuple[list[GroupPlan], dict, dict]:
+    """Remove the removable slots of every channel group.
+
+    Returns the plans of groups holding constant or unread channels, the frozen groups that
+    hold some (with the reason), and the analysis' MACs/params prediction for the removal.
+    """
     if not any(n.op_type in _LAYERS and len(n.inputs) > 1 and constant(n.inputs[1]) is not None for n in model.graph):
-        return [], {}  # nothing creates channels (channels.analyze needs at least one layer)
+        return [], {}, {}  # nothing creates channels (channels.analyze needs at least one layer)
     for attempt in range(2):
         analysis = channels.analyze(model)
         known = KnownValues(model, eps, value_shapes(model))
@@ -822,7 +837,7 @@ def remove_channels(model: ir.Model, eps: float, editor: Editor, ctx: PassContex
         plans = [p for p in plans if p.zero_slots]
         active = [p for p in plans if len(p.removed)]
         unprepared = {id(n): n for p in active for n, _, _ in p.folds if _needs_private_bias(n)}
-        if not unprepared:
+        if not unprepared or dry_run:
             break
         if attempt == 1:  # preparing did not help: keep those groups whole
             active = [p for p in active if not any(_needs_private_bias(n) for n, _, _ in p.folds)]
@@ -830,14 +845,17 @@ def remove_channels(model: ir.Model, eps: float, editor: Editor, ctx: PassContex
         for node in unprepared.values():
             prepare_bias(node, editor)
     frozen_zero = _frozen_with_zeros(analysis, known, eps)
+    keep = {p.group: np.setdiff1d(np.arange(p.group.size), p.removed) for p in active}
     if not active:
-        return plans, frozen_zero
+        return plans, frozen_zero, {}
+    predicted = analysis.predict(keep)
+    if dry_run:
+        return plans, frozen_zero, predicted
     for plan in active:
         for node, features, values in plan.folds:
             absorb_constant_features(node, features, values, editor)
-    keep = {p.group: np.setdiff1d(np.arange(p.group.size), p.removed) for p in active}
     analysis.apply(keep)
-    return plans, frozen_zero
+    return plans, frozen_zero, predicted
 
 
 def _frozen_with_zeros(analysis: channels.ChannelAnalysis, known: KnownValues, eps: float) -> dict:
@@ -862,13 +880,14 @@ class Zeros(Pass):
         eps: float = option(0.0, "weights with |w| <= eps count as zero (0 keeps the pass exact)")
         branches: bool = option(True, "replace branches whose weights are all zero by constants")
         channels: bool = option(True, "remove zero channels from their channel groups")
+        dry_run: bool = option(False, "only report what would be removed (with predicted MACs/params)")
 
     def validate_options(self) -> None:
         if not (self.options.eps >= 0 and math.isfinite(self.options.eps)):
             raise UsageError(f"zeros:eps must be a finite number >= 0, got {self.options.eps}")
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
-        eps = self.options.eps
+        eps, dry_run = self.options.eps, self.options.dry_run
         editor = Editor(model)
         details: dict = {"branch_edits": 0, "channels_removed": 0, "groups_changed": 0, "nodes_removed": 0}
         notes: list[str] = []
@@ -876,10 +895,10 @@ class Zeros(Pass):
         declared = [(v, v.shape) for v in model.graph.outputs]
         if self.options.branches:
             known = KnownValues(model, eps, value_shapes(model))
-            details["branch_edits"] = fold_branches(model, known, editor)
+            details["branch_edits"] = fold_branches(model, known, editor, apply=not dry_run)
             details["nodes_removed"] += editor.remove_dead()
         if self.options.channels:
-            plans, frozen = remove_channels(model, eps, editor, ctx)
+            plans, frozen, predicted = remove_channels(model, eps, editor, ctx, dry_run=dry_run)
             changed = [p for p in plans if len(p.removed)]
             details["channels_removed"] = int(sum(len(p.removed) for p in changed))
             details["groups_changed"] = len(changed)
@@ -887,6 +906,8 @@ class Zeros(Pass):
                 p.group.name: {"kind": p.group.kind, "size": p.group.size, "removed": len(p.removed), "zero": p.zero_slots}
                 for p in plans
             }
+            if predicted:
+                details["predicted"] = predicted  # one sample, from the channel analysis
             for p in plans:
                 if p.zero_slots > len(p.removed):
                     kept = p.zero_slots - len(p.removed)
@@ -894,15 +915,13 @@ class Zeros(Pass):
             for name, reason in frozen.items():
                 notes.append(f"{name}: zero channels kept, group frozen ({reason})")
             details["nodes_removed"] += editor.remove_dead()
-        modified = details["branch_edits"] > 0 or details["channels_removed"] > 0 or editor.prepared
-        if not modified:
+        found = f"{details['channels_removed']} channels from {details['groups_changed']} groups, {details['branch_edits']} zero branches"
+        if dry_run:
+            return PassResult(False, f"dry run: would remove {found}", details, notes)
+        if not (details["branch_edits"] or details["channels_removed"] or editor.prepared):
             return PassResult(False, "no removable zero structure found", details, notes)
         shapes.refresh_shapes(model)
         for value, shape in declared:  # inference names unknown output dims 'unk__N'; keep the declared ones
             value.shape = shape
         details["weight_bytes_saved"] = bytes_before - weight_bytes(model)
-        summary = (
-            f"{details['channels_removed']} channels removed from {details['groups_changed']} groups, "
-            f"{details['branch_edits']} zero branches folded, {details['nodes_removed']} nodes removed"
-        )
-        return PassResult(True, summary, details, notes)
+        return PassResult(True, f"removed {found}, {details['nodes_removed']} nodes", details, notes)

@@ -467,3 +467,15 @@ def test_through_optimize_and_cli_per_pass_validation_shows_lossless(tmp_path):
     entry = json.loads(report.read_text())["passes"][0]
     assert entry["status"] == "applied" and entry["details"]["channels_removed"] == 3
     assert tuple(initializer_shapes(onnx.load(dst))["fc1.weight"]) == (125, 64)
+
+
+def test_dry_run_reports_and_changes_nothing():
+    proto = fx.mlp()
+    zeroed = edit_weights(proto, {"fc1.weight": set_at([1, 7, 9], 0.0), "fc3.weight": set_at([0, 31], 0.0, axis=1)})
+    model = model_io.load(zeroed)
+    before = model_io.to_bytes(model)
+    result = Zeros(dry_run=True).run(model, PassContext())
+    assert result.modified is False and model_io.to_bytes(model) == before
+    assert result.details["channels_removed"] == 5
+    predicted = result.details["predicted"]
+    assert predicted["params_before"] - predicted["params_after"] == 3 * (64 + 1 + 64) + 2 * (64 + 1 + 10)
