@@ -233,17 +233,17 @@ class KnownValues:
         if out.dtype is not None and not out.dtype.is_floating_point():
             return
         try:
-            result = self._evaluate(node)
+            results = self._split(node) if node.op_type == "Split" else [self._evaluate(node)]
         except (ValueError, IndexError, TypeError):  # shapes that do not line up: not constant
-            result = None
-        result = _normalize(result)
-        if result is None:
             return
         inputs = [v for v in node.inputs if v is not None]
         if all(v in self.constants or (v not in self.derived and constant(v) is not None) for v in inputs):
             return  # an ordinary constant subgraph: not ours to touch
-        self.known[out] = result.astype(np.float32, copy=False)
-        self.derived.add(out)
+        for value, result in zip(node.outputs, results):
+            result = _normalize(result)
+            if result is not None:
+                self.known[value] = result.astype(np.float32, copy=False)
+                self.derived.add(value)
 
     def _evaluate(self, node: ir.Node) -> Known | None:
         op = node.op_type
@@ -290,6 +290,8 @@ class KnownValues:
             return ins[0] if mode in ("nearest", "linear") else _zeros_only(ins[0])
         if op == "Flatten":
             return self._flatten(node, ins[0])
+        if op == "Concat":
+            return self._concat(node, ins)
         if op == "Reshape":
             return self._reshape(node, ins[0])
         return None
@@ -384,6 +386,57 @@ class KnownValues:
                 out = out + np.float32(_attr(node, "beta", 1.0)) * ins[2]
         mask = known if out.ndim < 2 else np.broadcast_to(known, out.shape)
         return np.where(mask, out, np.nan).astype(np.float32)
+
+    def _full_rank(self, value: ir.Value, known: Known | None, axis: int) -> np.ndarray | None:
+        """``known`` at the value's full rank, varying along ``axis`` only (NaN-filled if None)."""
+        shape = self.shape(value)
+        if shape is None:
+            return None
+        if known is None:
+            if not isinstance(shape[axis], int):
+                return None
+            dims = [1] * len(shape)
+            dims[axis] = shape[axis]
+            return np.full(dims, np.nan, np.float32)
+        if known.ndim > len(shape):
+            return None
+        full = known.reshape((1,) * (len(shape) - known.ndim) + known.shape)
+        if any(size != 1 for i, size in enumerate(full.shape) if i != axis):
+            return None
+        if full.shape[axis] == 1 and shape[axis] != 1:
+            if not isinstance(shape[axis], int):
+                return None
+            full = np.repeat(full, shape[axis], axis=axis)
+        return full
+
+    def _concat(self, node: ir.Node, ins: list[Known | None]) -> Known | None:
+        rank = self.rank(node.outputs[0])
+        if rank is None or all(k is None for k in ins):
+            return None
+        axis = _attr(node, "axis", 0) % rank
+        parts = [self._full_rank(v, k, axis) for v, k in zip(node.inputs, ins)]
+        if any(p is None for p in parts):
+            return None
+        return np.concatenate(parts, axis=axis)
+
+    def _split(self, node: ir.Node) -> list[Known | None]:
+        x = node.inputs[0]
+        known, rank = self.get(x), self.rank(x)
+        if known is None or rank is None:
+            return []
+        axis = _attr(node, "axis", 0) % rank
+        full = self._full_rank(x, known, axis)
+        sizes = _attr(node, "split", None)
+        if sizes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
+            c = constant(node.inputs[1])
+            sizes = None if c is None else [int(v) for v in c.numpy().reshape(-1)]
+        if full is None:
+            return []
+        if sizes is None:
+            step = -(-full.shape[axis] // len(node.outputs))
+            sizes = [min(step, full.shape[axis] - i * step) for i in range(len(node.outputs))]
+        bounds = np.cumsum([0, *sizes])
+        return [np.take(full, np.arange(bounds[i], bounds[i + 1]), axis=axis) for i in range(len(node.outputs))]
 
     def _flatten(self, node: ir.Node, x: Known | None) -> Known | None:
         shape = self.shape(node.inputs[0])

@@ -233,7 +233,10 @@ def layer_rows(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str
 
 
 def check_channel_removal(proto, zeroed, feeds, *, removed: int, shapes: dict[str, tuple], added: int = 0, **options):
-    """Run the pass and check everything: outputs, structure, exact weight shapes, params, MACs."""
+    """Run the pass and check everything: outputs, structure, exact weight shapes, params, MACs.
+
+    ``shapes`` gives the expected shape of every initializer that changes (None: replaced by a
+    new one, e.g. rewritten Split sizes)."""
     out, result = apply(zeroed, **options)
     assert result.modified
     assert result.details["channels_removed"] == removed
@@ -242,7 +245,7 @@ def check_channel_removal(proto, zeroed, feeds, *, removed: int, shapes: dict[st
     before, after = initializer_shapes(zeroed), initializer_shapes(out)
     for name, shape in before.items():
         assert after.get(name) == shapes.get(name, shape), name
-    dropped = sum(int(np.prod(before[n])) - int(np.prod(s)) for n, s in shapes.items())
+    dropped = sum(int(np.prod(before[n])) - int(np.prod(s)) for n, s in shapes.items() if s is not None)
     assert param_count(zeroed) - param_count(out) == dropped - added
     rows = layer_rows(zeroed, feeds)
     saved = sum(r * (int(np.prod(before[w])) - int(np.prod(shapes.get(w, before[w])))) for w, r in rows.values())
@@ -479,3 +482,32 @@ def test_dry_run_reports_and_changes_nothing():
     assert result.details["channels_removed"] == 5
     predicted = result.details["predicted"]
     assert predicted["params_before"] - predicted["params_after"] == 3 * (64 + 1 + 64) + 2 * (64 + 1 + 10)
+
+
+def test_yolo_split_concat_residual_channels():
+    """C2f: channel 40 of cv1 is half1[8], coupled through the bottleneck's residual Add with
+    m.0.cv2's channel 8; channel 0 is half0[0]. SiLU(0) = 0, so both go everywhere."""
+    proto = fx.yolo_neck()
+    zeroed = edit_weights(
+        proto,
+        {
+            "model.3.cv1.conv.weight": set_at([0, 40], 0.0),
+            "model.3.cv1.conv.bias": set_at([0, 40], 0.0),
+            "model.3.m.0.cv2.conv.weight": set_at([8], 0.0),
+            "model.3.m.0.cv2.conv.bias": set_at([8], 0.0),
+        },
+    )
+    shapes = {
+        "model.3.cv1.conv.weight": (62, 64, 1, 1),
+        "model.3.cv1.conv.bias": (62,),
+        "model.3.m.0.cv1.conv.weight": (32, 31, 3, 3),
+        "model.3.m.0.cv2.conv.weight": (31, 32, 3, 3),
+        "model.3.m.0.cv2.conv.bias": (31,),
+        "model.3.cv2.conv.weight": (64, 93, 1, 1),
+        "model.3.split": None,  # the channel analysis writes new Split sizes
+    }
+    feeds = fx.random_inputs(proto, seed=9)
+    out, _ = check_channel_removal(proto, zeroed, feeds, removed=2, shapes=shapes)
+    split = next(n for n in out.graph.node if n.op_type == "Split")
+    sizes = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}[split.input[1]]
+    assert sizes.tolist() == [31, 31]
