@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import onnx_ir as ir
@@ -603,11 +603,9 @@ def fold_branches(model: ir.Model, known: KnownValues, editor: Editor, *, apply:
             if array is None:
                 continue
             neutral = _NEUTRAL.get((node.op_type, index))
-            if not apply:
-                pass
-            elif neutral is not None and np.all(array == neutral):
+            if apply and neutral is not None and np.all(array == neutral):
                 editor.bypass(node, other)
-            else:
+            elif apply:
                 if value not in shared:
                     dtype = (value.dtype or other.dtype or ir.DataType.FLOAT).numpy()
                     shared[value] = editor.new_constant(f"{value.name}_folded", array.astype(dtype))
@@ -631,36 +629,11 @@ def input_feature_axis(node: ir.Node) -> int | None:
     return None
 
 
-def zero_input_columns(node: ir.Node, features: np.ndarray, eps: float = 0.0) -> np.ndarray | None:
-    """For each input feature in ``features``: is the consumer's whole weight slice zero?"""
-    axis = input_feature_axis(node)
-    w = constant(node.inputs[1]) if axis is not None and len(node.inputs) > 1 else None
-    if w is None or (node.op_type == "Conv" and _attr(node, "group", 1) != 1):
-        return None
-    weight = np.moveaxis(w.numpy(), axis, 0)
-    sliced = weight[np.asarray(features, dtype=np.int64)].reshape(len(features), -1)
-    return np.all(zero_mask(sliced, eps), axis=1)
-
-
-def can_absorb(node: ir.Node, values: np.ndarray) -> bool:
-    """Whether ``node`` can take constant input features with ``values`` into its bias exactly."""
-    if np.all(values == 0):
-        return True  # a zero input contributes nothing anywhere, padding included
-    if np.any(np.isnan(values)):
-        return False
-    if node.op_type == "Conv":
-        return _attr(node, "group", 1) == 1 and not _has_padding(node)
-    if node.op_type == "Gemm":
-        return not _attr(node, "transA", 0)
-    if node.op_type == "MatMul":
-        return _matmul_bias(node) is not None or not node.outputs[0].is_graph_output()
-    return False
-
-
 def absorb_constant_features(node: ir.Node, features: np.ndarray, values: np.ndarray, editor: Editor) -> None:
     """Add the contribution of constant input ``features`` (= ``values``) to ``node``'s bias.
 
-    Call before those features are sliced away; ``can_absorb`` must have said yes.
+    Call before those features are sliced away; ``_absorbs_nonzero`` must have said yes
+    for non-zero values.
     """
     live = values != 0
     if not np.any(live):
@@ -769,6 +742,8 @@ class GroupPlan:
     #: (consumer node, input features, their constant values) to fold before slicing
     folds: list[tuple[ir.Node, np.ndarray, np.ndarray]]
     blocked: list[str]  # why some constant or unread channels stay
+    #: slots with an all-zero filter in some layer (their constant may not reach the consumers)
+    zero_filters: int = 0
 
 
 def _consumer_features(node: ir.Node, member: channels.Member, known: KnownValues) -> np.ndarray:
@@ -793,8 +768,28 @@ def _absorbs_nonzero(node: ir.Node) -> bool:
     return False
 
 
+def _zero_filter_slots(group: channels.ChannelGroup, eps: float) -> int:
+    """How many slots have an all-zero filter in at least one layer producing them."""
+    found = np.zeros(group.size, dtype=bool)
+    for member in group.producers:
+        if member.role != "weight" or member.node.op_type not in _LAYERS:
+            continue
+        filters = np.moveaxis(member.tensor.numpy(), member.axis, 0)[member.positions]
+        zero = np.all(zero_mask(filters.reshape(len(member.positions), -1), eps), axis=1)
+        slot_zero = np.ones(group.size, dtype=bool)
+        np.logical_and.at(slot_zero, member.slots, zero)
+        found |= slot_zero & np.isin(np.arange(group.size), member.slots)
+    return int(found.sum())
+
+
 def plan_group(group: channels.ChannelGroup, known: KnownValues, eps: float) -> GroupPlan:
     """Slots every consumer either ignores (zero input columns) or can absorb as a constant."""
+    plan = _plan_group(group, known, eps)
+    plan.zero_filters = _zero_filter_slots(group, eps)
+    return plan
+
+
+def _plan_group(group: channels.ChannelGroup, known: KnownValues, eps: float) -> GroupPlan:
     ok = np.ones(group.size, dtype=bool)
     any_zero = np.ones(group.size, dtype=bool)
     blocked: list[str] = []
@@ -887,7 +882,7 @@ def remove_channels(
         analysis = channels.analyze(model)
         known = KnownValues(model, eps, value_shapes(model))
         plans = [plan_group(g, known, eps) for g in ctx.progress(analysis.groups, "channel groups", total=len(analysis.groups))]
-        plans = [p for p in plans if p.zero_slots]
+        plans = [p for p in plans if p.zero_slots or p.zero_filters]
         active = [p for p in plans if len(p.removed)]
         unprepared = {id(n): n for p in active for n, _, _ in p.folds if _needs_private_bias(n)}
         if not unprepared or dry_run:
@@ -916,7 +911,7 @@ def _frozen_with_zeros(analysis: channels.ChannelAnalysis, known: KnownValues, e
     found = {}
     for frozen in analysis.frozen:
         plan = plan_group(frozen.group, known, eps)
-        if plan.zero_slots:
+        if plan.zero_slots or plan.zero_filters:
             found[frozen.group.name] = frozen.reason
     return found
 
@@ -965,6 +960,12 @@ class Zeros(Pass):
                 if p.zero_slots > len(p.removed):
                     kept = p.zero_slots - len(p.removed)
                     notes.append(f"{p.group.name}: {kept} zero channel(s) kept: {'; '.join(dict.fromkeys(p.blocked))}")
+                if p.zero_filters > p.zero_slots:
+                    untraced = p.zero_filters - p.zero_slots
+                    notes.append(
+                        f"{p.group.name}: {untraced} zero filter(s) kept: what they emit is no longer constant "
+                        "where it is consumed (a padded depthwise conv, a data-dependent gate, an unsupported op)"
+                    )
             for name, reason in frozen.items():
                 notes.append(f"{name}: zero channels kept, group frozen ({reason})")
             details["nodes_removed"] += editor.remove_dead()

@@ -38,15 +38,6 @@ def edit_weights(proto: onnx.ModelProto, edits: dict[str, Callable[[np.ndarray],
     return out
 
 
-def zero_rows(*indices: int, axis: int = 0) -> Callable[[np.ndarray], None]:
-    def edit(array: np.ndarray) -> None:
-        index = [slice(None)] * array.ndim
-        index[axis] = list(indices)
-        array[tuple(index)] = 0
-
-    return edit
-
-
 def fill(value: float, *indices: int) -> Callable[[np.ndarray], None]:
     def edit(array: np.ndarray) -> None:
         if indices:
