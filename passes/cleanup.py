@@ -30,7 +30,7 @@ class Cleanup(Pass):
         opsets_before = dict(model.opset_imports)
         steps = []
         if self.options.identity:
-            steps.append(common.IdentityEliminationPass())
+            steps.append(_IdentityElimination())
         steps.append(common.RemoveUnusedNodesPass())
         if self.options.dedupe:
             steps.append(common.DeduplicateInitializersPass())
@@ -56,6 +56,25 @@ class Cleanup(Pass):
             + (f", unused opsets {', '.join(details['opsets_removed'])} dropped" if details["opsets_removed"] else "")
         )
         return PassResult(modified, summary if changed else "nothing to clean", details)
+
+
+class _IdentityElimination(common.IdentityEliminationPass):
+    """onnx-ir's pass, minus the folds that change meaning.
+
+    Folding ``y = Identity(x)`` with ``y`` a graph output renames ``x`` to ``y``. If ``x`` is a
+    graph output too, one value then fills two output slots (onnxruntime computes Scan/Loop
+    bodies wrongly: onnx backend case test_scan_sum); if ``x`` lives in an enclosing graph (an
+    If branch returning an outer value), onnx-ir raises and the whole pass was rolled back.
+    Those Identity nodes stay.
+    """
+
+    def _try_eliminate_identity_node(self, node) -> bool:
+        if node.op_type == "Identity" and node.domain == "" and len(node.inputs) == 1 and len(node.outputs) == 1:
+            source, output = node.inputs[0], node.outputs[0]
+            if source is not None and output.is_graph_output():
+                if source.is_graph_output() or source.graph is not node.graph:
+                    return False
+        return super()._try_eliminate_identity_node(node)
 
 
 def _count_nodes(model) -> int:
