@@ -19,6 +19,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import onnx
 import onnx_ir as ir
 
@@ -102,16 +103,24 @@ def optimize(
     current = doc.model
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        feeds = InputConfig(inputs, input_shapes, samples, seed).samples(current)
+        try:
+            feeds = InputConfig(inputs, input_shapes, samples, seed).samples(current)
+        except UsageError:
+            if validate or inputs is not None:
+                raise
+            # Without validation, samples only refine statistics (MACs at concrete shapes); a
+            # signature random data cannot fill (sequence inputs, undeclared shapes) is no error.
+            feeds = []
         calib = Calibration(InputConfig(calibration, input_shapes, samples, seed).samples(current)) if calibration is not None else None
     report = Report(str(source) if source else None, None, validated=validate)
     report.warnings.extend(str(w.message) for w in caught)
     for message in report.warnings:
         console.warn(message)
-    shape_map = {k: list(v.shape) for k, v in feeds[0].items()}
+    first = feeds[0] if feeds else None
+    shape_map = {k: list(v.shape) for k, v in (first or {}).items() if isinstance(v, np.ndarray)}
     report.input_shapes = shape_map
     report.samples = len(feeds)
-    report.before = stats.compute(current, shape_map, feeds[0])
+    report.before = stats.compute(current, shape_map, first)
 
     reference = None
     if validate:
@@ -154,7 +163,7 @@ def optimize(
             if strict and (p.lossless or row.status == FAILED):
                 raise PassFailedError(f"pass {p.name!r} {row.status}: {row.reason}")
         if row.status == APPLIED:
-            row.stats = stats.compute(current, shape_map, feeds[0])
+            row.stats = stats.compute(current, shape_map, first)
         report.passes.append(row)
         console.done(row)
 

@@ -74,6 +74,11 @@ def compare(
 
 
 def _output_metrics(name: str, refs: list, cands: list, tol: Tolerance) -> OutputMetrics:
+    if any(isinstance(x, list) for x in (*refs, *cands)):
+        # A sequence output (a list of tensors of any shapes) compares item by item, pooled.
+        if not all(isinstance(r, list) and isinstance(c, list) and len(r) == len(c) for r, c in zip(refs, cands)):
+            return OutputMetrics(name, math.inf, math.inf, 0.0, False, None, False, False)
+        refs, cands = [a for r in refs for a in r], [a for c in cands for a in c]
     if any(c is None for c in cands) or any(np.shape(r) != np.shape(c) for r, c in zip(refs, cands)):
         return OutputMetrics(name, math.inf, math.inf, 0.0, False, None, False, False)
     if not all(np.asarray(r).dtype.kind in "fciub" for r in refs):
