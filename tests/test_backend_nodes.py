@@ -1,0 +1,269 @@
+"""The onnx backend node test cases through the default pipeline (``cleanup``).
+
+The onnx wheel ships the case generators, not their data: ``collect_testcases()`` rebuilds
+every case (model, inputs, expected outputs). A case counts when onnxruntime runs the original
+model to the expected outputs (within the case's rtol/atol); after ``cleanup`` such a case must
+still load and give bit-identical outputs. Models onnx-ir cannot represent must come back
+skipped and byte-for-byte unchanged.
+
+The default run checks a deterministic subset (every ``SUBSET_STRIDE``-th case, by name) and
+skips the rest. All of them::
+
+    pytest -m backend tests/test_backend_nodes.py -n 2     # every case (1,884), ~30 s on 2 cores
+    python bench/backend_sweep.py                          # every case, prints the counts
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import warnings
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+import onnxslim
+from onnxslim import model_io
+from onnxslim.report import SKIPPED
+
+ort.set_default_logger_severity(4)  # expected failures of unsupported cases would flood stderr
+
+#: The default (unmarked) run checks every SUBSET_STRIDE-th case, the same ones every time.
+SUBSET_STRIDE = 8
+
+#: Outcomes of one case.
+PASS = "pass"  # onnxruntime matched expected outputs; after cleanup the outputs are identical
+SKIP_IR = "skipped by onnx-ir"  # onnx-ir cannot represent the model; returned unchanged
+ORT_CANNOT_RUN = "onnxruntime cannot run the original"
+ORT_MISMATCH = "onnxruntime differs from expected outputs"
+FAIL = "FAIL"
+
+
+@dataclasses.dataclass
+class Outcome:
+    name: str
+    status: str
+    detail: str = ""
+
+
+@functools.cache
+def all_cases() -> list:
+    from onnx.backend.test.case.node import collect_testcases
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        cases = collect_testcases(None)
+    return sorted(cases, key=lambda c: c.name)
+
+
+def _array(item):
+    if isinstance(item, onnx.TensorProto):
+        return onnx.numpy_helper.to_array(item)
+    if isinstance(item, list):
+        return [_array(x) for x in item]
+    if item is None:
+        return None
+    return np.asarray(item)
+
+
+def feeds_of(case) -> dict:
+    """The case's inputs keyed by graph input name (initializers are not fed), as the runner does."""
+    graph = case.model.graph
+    initializers = {t.name for t in graph.initializer}
+    names = [i.name for i in graph.input if i.name not in initializers]
+    inputs, _ = case.data_sets[0]
+    return {name: _array(value) for name, value in zip(names, inputs)}
+
+
+def _session(model: bytes) -> ort.InferenceSession:
+    opts = ort.SessionOptions()
+    opts.log_severity_level = 4
+    opts.intra_op_num_threads = 1  # identical outputs need a fixed summation order
+    return ort.InferenceSession(model, opts, providers=["CPUExecutionProvider"])
+
+
+def run_ort(model: bytes, feeds: dict) -> list:
+    sess = _session(model)
+    wanted = {i.name for i in sess.get_inputs()}
+    quiet = ort.RunOptions()
+    quiet.log_severity_level = 4
+    return sess.run(None, {k: v for k, v in feeds.items() if k in wanted}, quiet)
+
+
+def _matches_expected(got, expected, rtol: float, atol: float) -> bool:
+    """The backend runner's comparison (shape, dtype, allclose; strings exact; sequences item-wise)."""
+    if isinstance(expected, list) or isinstance(got, list):
+        return (
+            isinstance(expected, list)
+            and isinstance(got, list)
+            and len(got) == len(expected)
+            and all(_matches_expected(g, e, rtol, atol) for g, e in zip(got, expected))
+        )
+    if got is None or expected is None:
+        return got is None and expected is None
+    if got.shape != expected.shape:
+        return False
+    if expected.dtype == object:
+        return bool(np.array_equal(got, expected))
+    if got.dtype != expected.dtype:
+        return False
+    if got.dtype.name == "bfloat16":
+        got, expected, rtol = got.astype(np.float32), expected.astype(np.float32), max(rtol, 2**-6)
+    return bool(np.allclose(got, expected, rtol=rtol, atol=atol, equal_nan=True))
+
+
+def _identical(a, b) -> bool:
+    """Bit-identical results: same structure, dtype, shape, values (NaN where NaN)."""
+    if isinstance(a, list) or isinstance(b, list):
+        return isinstance(a, list) and isinstance(b, list) and len(a) == len(b) and all(map(_identical, a, b))
+    if a is None or b is None:
+        return a is None and b is None
+    if a.dtype != b.dtype or a.shape != b.shape:
+        return False
+    if a.dtype == object:
+        return bool(np.array_equal(a, b))
+    return a.tobytes() == b.tobytes()
+
+
+def check_case(case, validated: bool = True) -> Outcome:
+    """Run one case through onnxruntime, then ``cleanup``, and classify the outcome.
+
+    ``validated`` also runs the pipeline with validation on the case's inputs (slower).
+    """
+    original = case.model.SerializeToString()
+    feeds = feeds_of(case)
+    _, expected = case.data_sets[0]
+    expected = [_array(x) for x in expected]
+    try:
+        reference = run_ort(original, feeds)
+    except Exception as exc:
+        return Outcome(case.name, ORT_CANNOT_RUN, _first_line(exc))
+    if len(reference) != len(expected) or not all(
+        _matches_expected(g, e, case.rtol, case.atol) for g, e in zip(reference, expected)
+    ):
+        return Outcome(case.name, ORT_MISMATCH)
+    try:
+        result = onnxslim.optimize(case.model, validate=False, final_check=False)
+    except Exception as exc:
+        return Outcome(case.name, FAIL, f"optimize raised {type(exc).__name__}: {_first_line(exc)}")
+    if result.model is None:
+        row = result.report.passes[0]
+        if row.status != SKIPPED:
+            return Outcome(case.name, FAIL, f"onnx-ir could not load it, but cleanup is {row.status!r}")
+        if result.proto.SerializeToString() != original:
+            return Outcome(case.name, FAIL, "skipped model came back changed")
+        return Outcome(case.name, SKIP_IR, row.reason or "")
+    try:
+        cleaned = run_ort(model_io.to_bytes(result.model), feeds)
+    except Exception as exc:
+        return Outcome(case.name, FAIL, f"cleaned model does not run: {_first_line(exc)}")
+    if len(cleaned) != len(reference):
+        return Outcome(case.name, FAIL, f"{len(reference)} outputs before cleanup, {len(cleaned)} after")
+    for index, (before, after) in enumerate(zip(reference, cleaned)):
+        if not _identical(before, after):
+            return Outcome(case.name, FAIL, f"output {index} changed after cleanup")
+    status = result.report.passes[0].status
+    if validated:
+        problem = _validated_problem(case, feeds, status)
+        if problem:
+            return Outcome(case.name, FAIL, problem)
+    return Outcome(case.name, PASS, status)
+
+
+def _validated_problem(case, feeds: dict, expected_status: str) -> str | None:
+    """The same case through onnxslim's own validation, fed the case's inputs: zero drift."""
+    try:
+        result = onnxslim.optimize(case.model, inputs=[feeds])
+    except Exception as exc:
+        return f"validated optimize raised {type(exc).__name__}: {_first_line(exc)}"
+    row = result.report.passes[0]
+    if row.status != expected_status:
+        return f"validated cleanup is {row.status!r} ({row.reason}), unvalidated {expected_status!r}"
+    if any(m.max_abs != 0.0 or not m.nan_equal for m in row.metrics):
+        return "validation measured drift after cleanup"
+    return None
+
+
+def _first_line(exc: BaseException) -> str:
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    return lines[0][:200] if lines else type(exc).__name__
+
+
+def _assert_ok(outcome: Outcome) -> None:
+    assert outcome.status != FAIL, f"{outcome.name}: {outcome.detail}"
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("index", range(len(all_cases())), ids=[c.name for c in all_cases()])
+def test_backend_case(index, request):
+    if index % SUBSET_STRIDE and "backend" not in request.config.getoption("markexpr"):
+        pytest.skip(f"default run checks every {SUBSET_STRIDE}th case; all of them with -m backend")
+    _assert_ok(check_case(all_cases()[index]))
+
+
+@pytest.mark.parametrize("name", ["test_scan_sum", "test_scan9_sum", "test_scan9_multi_state", "test_identity_sequence"])
+def test_cases_that_once_broke(name):
+    """Scan bodies whose state output feeds an Identity output (cleanup once folded it into a
+    duplicate output and onnxruntime computed garbage); a sequence input random data cannot fill."""
+    case = next(c for c in all_cases() if c.name == name)
+    outcome = check_case(case)
+    assert outcome.status == PASS, f"{outcome.status}: {outcome.detail}"
+
+
+def test_branch_returning_outer_value_keeps_its_identity():
+    """``t_out = Identity(a)`` in an If branch, ``a`` from the main graph: onnx-ir's elimination
+    raised here (rolling back all of cleanup); the chain inside the branch still shrinks."""
+    from onnx import TensorProto, helper
+
+    def branch(name, chain):
+        nodes = [helper.make_node("Identity", [src], [dst]) for src, dst in zip(["a", *chain], chain)]
+        return helper.make_graph(nodes, name, [], [helper.make_tensor_value_info(chain[-1], TensorProto.FLOAT, [2])])
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Neg", ["x"], ["a"]),
+            helper.make_node("If", ["c"], ["y"], then_branch=branch("then", ["t_out"]), else_branch=branch("else", ["e_mid", "e_out"])),
+            helper.make_node("Abs", ["a"], ["z"]),
+        ],
+        "outer_value",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2]), helper.make_tensor_value_info("c", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [2]) for n in ("y", "z")],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    for condition in (True, False):
+        feeds = {"x": np.array([1.0, -2.0], np.float32), "c": np.array(condition)}
+        result = onnxslim.optimize(model, inputs=[feeds])
+        row = result.report.passes[0]
+        assert row.status == "applied" and row.details["nodes_removed"] == 1, (row.status, row.reason)
+        assert all(m.max_abs == 0.0 for m in row.metrics)
+        assert _identical(run_ort(model_io.to_bytes(result.model), feeds), run_ort(model.SerializeToString(), feeds))
+
+
+def test_validated_pipeline_on_case_inputs():
+    """Through validation with the case's own inputs: cleanup is applied and reports zero drift."""
+    case = next(c for c in all_cases() if c.name == "test_gemm_all_attributes")
+    model = onnx.ModelProto()
+    model.CopyFrom(case.model)
+    # An Identity chain and a dead node give cleanup real work on a one-node case.
+    graph = model.graph
+    out = graph.output[0].name
+    graph.node[-1].output[0] = "pre_identity"
+    graph.node.extend(
+        [
+            onnx.helper.make_node("Identity", ["pre_identity"], ["mid_identity"]),
+            onnx.helper.make_node("Identity", ["mid_identity"], [out]),
+            onnx.helper.make_node("Neg", ["pre_identity"], ["unused"]),
+        ]
+    )
+    feeds = feeds_of(case)
+    result = onnxslim.optimize(model, inputs=[feeds])
+    row = result.report.passes[0]
+    assert row.status == "applied", row.reason
+    assert row.details["nodes_removed"] == 3
+    assert all(m.max_abs == 0.0 and m.within_tolerance for m in row.metrics)
+    _, expected = case.data_sets[0]
+    got = run_ort(model_io.to_bytes(result.model), feeds)
+    np.testing.assert_allclose(got[0], _array(expected[0]), rtol=case.rtol, atol=case.atol)
