@@ -966,7 +966,7 @@ class ChannelAnalysis:
         order = np.lexsort((first_atom, group_of))  # components by group, then by creation
         slot = np.empty(n_comp, dtype=np.int64)
         sizes = np.bincount(group_of, minlength=n_groups)
-        starts = np.concatenate([[0], np.cumsum(sizes)[:-1]])
+        starts = np.cumsum(sizes) - sizes
         slot[order] = np.arange(n_comp) - np.repeat(starts, sizes)
         self._slot_of_comp = slot
 

@@ -118,8 +118,11 @@ def merge_shapes(model: ir.Model, proto: onnx.ModelProto) -> None:
                         collect(g)
 
     collect(proto.graph)
+    declared_outputs = {id(v) for graph in all_graphs(model) for v in graph.outputs if v.shape is not None}
     for node in iter_nodes(model):
         for out in node.outputs:
+            if id(out) in declared_outputs:  # a graph output keeps its declared (named) dims
+                continue
             vi = inferred.get(out.name)
             if vi is None or not vi.type.HasField("tensor_type"):
                 continue

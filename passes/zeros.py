@@ -933,6 +933,8 @@ class Zeros(Pass):
     def validate_options(self) -> None:
         if not (self.options.eps >= 0 and math.isfinite(self.options.eps)):
             raise UsageError(f"zeros:eps must be a finite number >= 0, got {self.options.eps}")
+        # eps > 0 also removes weights that are not exactly zero: validate it as a lossy pass.
+        self.lossless = self.options.eps == 0
 
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         eps, dry_run = self.options.eps, self.options.dry_run
@@ -940,7 +942,6 @@ class Zeros(Pass):
         details: dict = {"branch_edits": 0, "channels_removed": 0, "groups_changed": 0, "nodes_removed": 0}
         notes: list[str] = []
         bytes_before = weight_bytes(model)
-        declared = [(v, v.shape) for v in model.graph.outputs]
         if self.options.branches:
             known = KnownValues(model, eps, value_shapes(model))
             details["branch_edits"] = fold_branches(model, known, editor, apply=not dry_run)
@@ -975,7 +976,5 @@ class Zeros(Pass):
         if not (details["branch_edits"] or details["channels_removed"] or editor.prepared):
             return PassResult(False, "no removable zero structure found", details, notes)
         shapes.refresh_shapes(model)
-        for value, shape in declared:  # inference names unknown output dims 'unk__N'; keep the declared ones
-            value.shape = shape
         details["weight_bytes_saved"] = bytes_before - weight_bytes(model)
         return PassResult(True, f"removed {found}, {details['nodes_removed']} nodes", details, notes)

@@ -276,3 +276,17 @@ def test_shared_shape_constant_is_rewritten_once_for_all_heads():
     assert values["encoder.layer.0.attention.self.heads_shape"].tolist() == [0, 0, 2, 16]
     assert values["encoder.layer.0.attention.self.merge_shape"].tolist() == [0, 0, 32]
     assert not any(name.endswith("_pruned") for name in values)  # no private copies, no orphans
+
+
+def test_graph_without_weighted_layers_has_no_groups():
+    from onnx import helper
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"], name="relu")],
+        "plain",
+        [helper.make_tensor_value_info("x", 1, [1, 4])],
+        [helper.make_tensor_value_info("y", 1, [1, 4])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=10)
+    analysis = channels.analyze(model_io.load(proto))
+    assert analysis.groups == [] and analysis.frozen == []

@@ -502,3 +502,11 @@ def test_yolo_split_concat_residual_channels():
     split = next(n for n in out.graph.node if n.op_type == "Split")
     sizes = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}[split.input[1]]
     assert sizes.tolist() == [31, 31]
+
+
+def test_eps_makes_the_pass_lossy():
+    from passes.zeros import Zeros
+
+    assert Zeros().lossless is True
+    assert Zeros(eps=1e-3).lossless is False
+    assert Zeros.lossless is True  # what `onnxslim passes` lists: the default is exact
