@@ -133,6 +133,9 @@ def optimize(
     # Strict shape inference catches stale or wrong shapes a pass leaves behind; it is only a
     # criterion when the original model passes it (custom domains, for one, do not).
     infer_ok = _shape_problem(current) is None
+    # Outputs of the model as it stands before each pass: a lossless pass must reproduce these
+    # (not the original's, which an earlier lossy pass has legitimately moved away from).
+    previous = reference
     ctx = PassContext(calibration=calib, progress=console.progress, seed=seed)
     for index, p in enumerate(pipeline, 1):
         console.step(f"[{index}/{len(pipeline)}] {p.name}")
@@ -154,8 +157,12 @@ def optimize(
                 problem = _check_graph(current) or (_shape_problem(current) if infer_ok else None)
                 if problem is None and validate:
                     t0 = time.perf_counter()
-                    problem = _validate(row, current, feeds, reference, tolerances, default_tolerance, min_cosine)
+                    problem, outputs = _validate(
+                        row, current, feeds, reference, previous, tolerances, default_tolerance, min_cosine
+                    )
                     row.validate_seconds = time.perf_counter() - t0
+                    if problem is None:
+                        previous = outputs
                 if problem is not None:
                     row.status, row.reason = (FAILED if problem.startswith("broken") else ROLLED_BACK), problem
         if row.status in (FAILED, ROLLED_BACK):
@@ -200,25 +207,30 @@ def _validate(
     model: ir.Model,
     feeds: Sequence[Sample],
     reference: validation.Outputs,
+    previous: validation.Outputs,
     tolerances: Mapping[str, Tolerance] | None,
     default_tolerance: Tolerance,
     min_cosine: float | None,
-) -> str | None:
+) -> tuple[str | None, validation.Outputs | None]:
+    """Run the model; fill the row's drift (vs the original) and step change (vs before the
+    pass). Returns the reason to roll back (or None) and the outputs."""
     try:
         outputs = validation.run_model(model, feeds)
     except ModelError as exc:
-        return f"broken graph ({exc})"
+        return f"broken graph ({exc})", None
     row.metrics = validation.compare(reference, outputs, tolerances, default_tolerance)
-    worst = max(row.metrics, key=lambda m: (not m.within_tolerance, m.max_abs))
+    row.step_metrics = row.metrics if previous is reference else validation.compare(previous, outputs, tolerances, default_tolerance)
     if any(not m.shape_equal for m in row.metrics):
-        return f"broken graph (output {worst.name!r} changed shape)"
-    if row.lossless and not all(m.within_tolerance for m in row.metrics):
-        return f"lossless pass changed output {worst.name!r} (max |Δ| {worst.max_abs:.3g})"
+        bad = next(m for m in row.metrics if not m.shape_equal)
+        return f"broken graph (output {bad.name!r} changed shape)", outputs
+    if row.lossless and not all(m.within_tolerance for m in row.step_metrics):
+        worst = max(row.step_metrics, key=lambda m: (not m.within_tolerance, m.max_abs))
+        return f"lossless pass changed output {worst.name!r} (max |Δ| {worst.max_abs:.3g})", outputs
     if min_cosine is not None:
         low = min(row.metrics, key=lambda m: m.cosine)
         if low.cosine < min_cosine:
-            return f"cosine {low.cosine:.6f} on {low.name!r} below budget {min_cosine}"
-    return None
+            return f"cosine {low.cosine:.6f} on {low.name!r} below budget {min_cosine}", outputs
+    return None, outputs
 
 
 def _final_checks(model: ir.Model) -> dict[str, Any]:

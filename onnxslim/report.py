@@ -28,8 +28,11 @@ class PassReport:
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
     details: dict[str, Any] = dataclasses.field(default_factory=dict)
     notes: list[str] = dataclasses.field(default_factory=list)
-    #: Output comparison against the original model (empty when not validated).
+    #: Output comparison against the original model: the drift so far (empty when not validated).
     metrics: list[OutputMetrics] = dataclasses.field(default_factory=list)
+    #: Comparison against the model before this pass: what this pass alone changed. A lossless
+    #: pass is judged on this.
+    step_metrics: list[OutputMetrics] = dataclasses.field(default_factory=list)
     #: Model statistics after this pass (after rollback if rolled back).
     stats: ModelStats | None = None
     seconds: float = 0.0
@@ -54,6 +57,7 @@ class PassReport:
             "details": _jsonable(self.details),
             "notes": list(self.notes),
             "metrics": [m.to_dict() for m in self.metrics],
+            "step_metrics": [m.to_dict() for m in self.step_metrics],
             "stats": self.stats.to_dict() if self.stats else None,
             "seconds": round(self.seconds, 4),
             "validate_seconds": round(self.validate_seconds, 4),

@@ -240,3 +240,14 @@ def test_named_dims_share_one_size():
     with pytest.warns(UserWarning, match="defaulted"):
         shapes = inputs.resolve_shapes(model, None)
     assert shapes == {"input_ids": (1, inputs.DEFAULT_DIM), "attention_mask": (1, inputs.DEFAULT_DIM)}
+
+
+def test_lossless_pass_after_lossy_pass_is_judged_on_its_own_step(mlp_path):
+    result = onnxslim.optimize(mlp_path, [LossyScale(factor=1.05), ScaleFirstWeight(factor=1.0), "cleanup"])
+    lossy, exact, _ = result.report.passes
+    assert lossy.status == "applied" and lossy.max_abs > 1e-3
+    assert exact.status == "applied", exact.reason
+    assert max(m.max_abs for m in exact.step_metrics) == 0.0
+    assert exact.max_abs == lossy.max_abs  # the drift vs the original is carried, not blamed
+    wrong = onnxslim.optimize(mlp_path, [LossyScale(factor=1.05), ScaleFirstWeight(factor=1.05)])
+    assert wrong.report.passes[1].status == "rolled back"
