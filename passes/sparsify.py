@@ -5,6 +5,10 @@ row pointers as ordinary initializers plus a decode subgraph of standard ops
 (:mod:`onnxslim.sparse_codec`) that onnxruntime folds at session creation. ``coo`` marks the
 initializer so the file holds a standard ONNX ``sparse_initializer`` (int64 indices). ``auto``
 takes the smaller per tensor. No tensor is ever stored larger than dense.
+
+``csr`` is the default: ``onnx.checker`` with ``full_check=True`` rejects a COO initializer
+feeding Conv/MatMul/Gemm (its strict shape inference sees a ``sparse_tensor`` type), although
+onnxruntime loads it; ``auto`` and ``coo`` files pass the ordinary check only.
 """
 
 from __future__ import annotations
@@ -42,7 +46,9 @@ class Sparsify(Pass):
     lossless = True
 
     class Options(Pass.Options):
-        format: Literal["csr", "coo", "auto"] = option("auto", "csr, coo, or auto (the smaller of the two per tensor)")
+        format: Literal["csr", "coo", "auto"] = option(
+            "csr", "csr (passes onnx full_check), coo (standard sparse_initializer), or auto (the smaller per tensor)"
+        )
         min_sparsity: float = option(0.5, "convert tensors with at least this fraction of zeros")
         min_size: int = option(1024, "skip tensors with fewer elements")
 
@@ -68,6 +74,7 @@ class Sparsify(Pass):
         grew = negative_zero = 0
         candidates = _candidates(model)
         for cand in ctx.progress(candidates, "tensors", total=len(candidates)):
+            name = cand.value.name
             array = cand.numpy()
             if array.size < opts.min_size:
                 continue
@@ -76,7 +83,7 @@ class Sparsify(Pass):
             sparsity = 1.0 - nnz / array.size
             if sparsity < opts.min_sparsity:
                 continue
-            choice = self._choose(array, nnz, csr_ok, cand.value.name)
+            choice = self._choose(array, nnz, csr_ok, name)
             if choice is None:
                 grew += 1
                 continue
@@ -85,7 +92,7 @@ class Sparsify(Pass):
                 negative_zero += 1  # the COO writer drops -0.0 (value-based indices): not bit-exact
                 if parts is None:
                     continue
-                fmt, size_after = "csr", sparse_codec.csr_file_bytes(parts, cand.value.name)
+                fmt, size_after = "csr", sparse_codec.csr_file_bytes(parts, name)
                 if size_after >= array.nbytes:
                     grew += 1
                     continue
@@ -95,7 +102,7 @@ class Sparsify(Pass):
                 _store_coo(cand, array)
             converted.append(
                 {
-                    "name": cand.value.name,
+                    "name": name,
                     "format": fmt,
                     "shape": list(array.shape),
                     "dtype": str(array.dtype),
@@ -172,7 +179,7 @@ def _store_csr(cand: _Candidate, parts: sparse_codec.CsrParts) -> None:
         graph.initializers.pop(name)
     old.name = f"{name}.dense_replaced"  # about to be detached; the decode output takes the name
     nodes, dense = sparse_codec.build_decode(graph, name, parts, origin=cand.origin)
-    dense.dtype, dense.shape = old.dtype, ir.Shape(parts.shape)
+    dense.dtype, dense.shape = ir.DataType.from_numpy(parts.values.dtype), ir.Shape(parts.shape)
     anchor = cand.node if cand.node is not None else next(iter(graph), None)
     if anchor is None:
         graph.extend(nodes)

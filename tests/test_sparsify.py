@@ -1,0 +1,363 @@
+"""sparsify / densify: CSR decode subgraphs and COO sparse initializers, bit-exact round trips."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import helper, numpy_helper
+
+from fixtures import models as fx
+from onnxslim import constants, model_io, optimize, runtime, sparse_codec
+from onnxslim.errors import UsageError
+from onnxslim.pass_api import PassContext
+from onnxslim.passes.densify import Densify
+from onnxslim.passes.sparsify import Sparsify
+
+CORPUS = Path(os.path.expanduser("~/.cache/onnxslim-corpus"))
+
+
+def _pruned(proto: onnx.ModelProto, sparsity: float = 0.8, min_size: int = 64) -> onnx.ModelProto:
+    """The model with the smallest ``sparsity`` of every float weight >= min_size zeroed."""
+    model = model_io.load(proto)
+    for c in constants.model_constants(model):
+        if c.can_replace and int(np.prod(c.shape)) >= min_size:
+            a = c.numpy()
+            c.replace(np.where(np.abs(a) < np.quantile(np.abs(a), sparsity), np.zeros((), a.dtype), a))
+    return model_io.to_proto(model)
+
+
+def _outputs(proto: onnx.ModelProto, feeds, level: str) -> dict[str, np.ndarray]:
+    with runtime.session(proto, level) as sess:
+        return runtime.run(sess, feeds)
+
+
+def _initializer_bytes(proto: onnx.ModelProto) -> dict[str, bytes]:
+    return {t.name: t.SerializeToString() for t in proto.graph.initializer}
+
+
+def _sparsify(proto: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, object]:
+    model = model_io.load(proto)
+    result = Sparsify(**{"min_size": 64, **options}).run(model, PassContext())
+    return model_io.to_proto(model), result
+
+
+def _densify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, object]:
+    model = model_io.load(proto)
+    result = Densify().run(model, PassContext())
+    return model_io.to_proto(model), result
+
+
+# --------------------------------------------------------------------------- codec
+
+
+@pytest.mark.parametrize(
+    "shape,dtype",
+    [((64, 300), np.float32), ((8, 4, 3, 3), np.float32), ((2000,), np.float64), ((33, 17), np.float16), ((4, 5, 6), np.float32)],
+)
+def test_codec_round_trip_is_bit_exact_with_empty_rows_negative_zero_and_nan(shape, dtype):
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal(shape).astype(dtype)
+    w[np.abs(w) < 1.2] = 0
+    flat = w.reshape(shape[0] if w.ndim > 1 else 1, -1)  # the codec's rows (a 1-D tensor is one)
+    if w.ndim > 1:
+        flat[min(3, shape[0] - 1)] = 0  # an empty inner row
+        flat[-1] = 0  # and a trailing one
+    flat[0, 0] = -0.0
+    flat[0, 1] = np.nan
+    parts = sparse_codec.encode(w)
+    assert sparse_codec.decode(parts).tobytes() == w.tobytes()
+    assert parts.values.size == np.count_nonzero(sparse_codec.nonzero_mask(w))
+
+
+def test_codec_index_types_are_the_smallest_that_fit():
+    assert sparse_codec.smallest_index_type(255) == np.uint8
+    assert sparse_codec.smallest_index_type(256) == np.uint16
+    assert sparse_codec.smallest_index_type(65535) == np.uint16
+    assert sparse_codec.smallest_index_type(65536) == np.int32
+    w = np.zeros((1024, 1024), np.float32)
+    w[::7, ::3] = 1.0
+    parts = sparse_codec.encode(w)
+    assert parts.cols.dtype == np.uint16 and parts.starts.dtype == np.uint16
+    assert parts.rows is not None and parts.rows.dtype == np.uint16  # rows 1..6 of every 7 are empty
+
+
+def test_codec_all_zero_and_single_row():
+    for w in (np.zeros((8, 4), np.float32), np.eye(1, 40, 5, dtype=np.float32)):
+        assert sparse_codec.decode(sparse_codec.encode(w)).tobytes() == w.tobytes()
+
+
+# --------------------------------------------------------------------------- sparsify csr
+
+
+@pytest.mark.parametrize("name", ["resnet", "mobilenetv2", "bert_block", "mlp", "if_model", "yolo_neck"])
+def test_csr_outputs_identical_full_check_and_exact_densify(name):
+    proto = _pruned(fx.BUILDERS[name]())
+    feeds = fx.random_inputs(proto, seed=1)
+    out, result = _sparsify(proto, format="csr")
+    assert result.modified and result.details["converted"] > 0
+    assert not out.graph.sparse_initializer
+    onnx.checker.check_model(out, full_check=True)
+    for level in ("basic", "default"):
+        ref, got = _outputs(proto, feeds, level), _outputs(out, feeds, level)
+        for key in ref:
+            assert got[key].tobytes() == ref[key].tobytes(), (level, key)
+    ref, got = _outputs(proto, feeds, "disabled"), _outputs(out, feeds, "disabled")
+    for key in ref:  # decoded per call: same weights, possibly another summation order
+        np.testing.assert_allclose(got[key], ref[key], rtol=1e-5, atol=1e-6)
+    assert out.ByteSize() < proto.ByteSize()
+    back, dres = _densify(out)
+    assert dres.modified
+    assert _initializer_bytes(back) == _initializer_bytes(proto)
+    assert [n.op_type for n in back.graph.node] == [n.op_type for n in proto.graph.node]
+
+
+def test_csr_conv_weight_is_4d_and_columns_narrow():
+    proto = _pruned(fx.resnet(), 0.9)
+    out, result = _sparsify(proto, format="csr")
+    rows = {t["name"]: t for t in result.details["tensors"]}
+    conv = rows["layer2.1.conv2.weight"]
+    assert conv["shape"] == [32, 32, 3, 3] and conv["bytes_after"] < 0.25 * conv["bytes_before"]
+    by_name = {t.name: t for t in out.graph.initializer}
+    assert by_name["layer2.1.conv2.weight/csr/cols"].data_type == onnx.TensorProto.UINT16  # 288 columns
+    assert by_name["layer1.0.conv1.weight/csr/cols"].data_type == onnx.TensorProto.UINT8  # 144 columns
+    assert result.details["bytes_after"] == sum(t["bytes_after"] for t in result.details["tensors"])
+
+
+def test_decode_nodes_are_tagged_and_folded_by_onnxruntime(tmp_path):
+    proto = _pruned(fx.mlp(), 0.9)
+    out, _ = _sparsify(proto, format="csr")
+    tagged = [n for n in out.graph.node if any(p.key == sparse_codec.ROLE_KEY for p in n.metadata_props)]
+    assert tagged and all("/csr/" in n.name for n in tagged)
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level
+        opts.optimized_model_filepath = str(tmp_path / "opt.onnx")
+        ort.InferenceSession(out.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        optimized = onnx.load(str(tmp_path / "opt.onnx"))
+        ops = {n.op_type for n in optimized.graph.node}
+        assert not ops & {"ScatterElements", "CumSum", "ConstantOfShape"}, ops
+
+
+def _as_constant_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
+    """Every initializer moved into a Constant node, as Paddle exports do."""
+    out = onnx.ModelProto()
+    out.CopyFrom(proto)
+    nodes = [helper.make_node("Constant", [], [t.name], name=f"{t.name}/Constant", value=t) for t in out.graph.initializer]
+    del out.graph.initializer[:]
+    rest = list(out.graph.node)
+    del out.graph.node[:]
+    out.graph.node.extend(nodes + rest)
+    return out
+
+
+def test_weights_in_constant_nodes_round_trip_as_constant_nodes():
+    proto = _as_constant_nodes(_pruned(fx.mlp(), 0.9))
+    out, result = _sparsify(proto, format="csr")
+    assert result.details["converted"] == 3  # fc1..fc3; fc4 (320 elements) would not shrink
+    onnx.checker.check_model(out, full_check=True)
+    assert not [n for n in out.graph.node if n.op_type == "Constant" and n.output[0] == "fc1.weight"]
+    feeds = fx.random_inputs(proto, seed=0)
+    ref, got = _outputs(proto, feeds, "default"), _outputs(out, feeds, "default")
+    assert all(got[k].tobytes() == ref[k].tobytes() for k in ref)
+    back, _ = _densify(out)
+    assert not back.graph.initializer
+    before = {n.output[0]: n.attribute[0].t.SerializeToString() for n in proto.graph.node if n.op_type == "Constant"}
+    after = {n.output[0]: n.attribute[0].t.SerializeToString() for n in back.graph.node if n.op_type == "Constant"}
+    assert after == before
+
+
+def test_decode_survives_cleanup():
+    from onnxslim.passes.cleanup import Cleanup
+
+    proto = _pruned(fx.mlp(), 0.9)
+    model = model_io.load(proto)
+    Sparsify(format="csr").run(model, PassContext())
+    decodes = len(list(sparse_codec.find_decodes(model)))
+    Cleanup().run(model, PassContext())
+    assert len(list(sparse_codec.find_decodes(model))) == decodes > 0
+    Densify().run(model, PassContext())
+    assert _initializer_bytes(model_io.to_proto(model)) == _initializer_bytes(proto)
+
+
+# --------------------------------------------------------------------------- coo and auto
+
+
+def test_coo_writes_standard_sparse_initializers_and_densify_restores():
+    proto = _pruned(fx.mlp(), 0.9)
+    out, result = _sparsify(proto, format="coo")
+    assert {t["format"] for t in result.details["tensors"]} == {"coo"}
+    assert len(out.graph.sparse_initializer) == result.details["converted"]
+    for sparse in out.graph.sparse_initializer:
+        idx = numpy_helper.to_array(sparse.indices)
+        assert idx.dtype == np.int64 and np.all(np.diff(idx) > 0)
+    onnx.checker.check_model(out)
+    feeds = fx.random_inputs(proto, seed=0)
+    ref, got = _outputs(proto, feeds, "default"), _outputs(out, feeds, "default")
+    assert all(got[k].tobytes() == ref[k].tobytes() for k in ref)
+    back, _ = _densify(out)
+    assert not back.graph.sparse_initializer
+    assert _initializer_bytes(back) == _initializer_bytes(proto)
+
+
+def test_coo_falls_back_to_csr_for_negative_zero():
+    proto = _pruned(fx.mlp(), 0.9)
+    w = next(t for t in proto.graph.initializer if t.name == "fc1.weight")
+    arr = numpy_helper.to_array(w).copy()
+    arr.reshape(-1)[np.flatnonzero(arr == 0)[:5]] = -0.0
+    w.CopyFrom(numpy_helper.from_array(arr, "fc1.weight"))
+    model = model_io.load(proto)
+    result = Sparsify(format="auto", min_size=64).run(model, PassContext())
+    fc1 = next(t for t in result.details["tensors"] if t["name"] == "fc1.weight")
+    assert fc1["format"] == "csr"
+    back, _ = _densify(model_io.to_proto(model))
+    assert _initializer_bytes(back)["fc1.weight"] == _initializer_bytes(proto)["fc1.weight"]
+
+
+@pytest.mark.parametrize("sparsity", [0.3, 0.5, 0.7, 0.9, 0.99])
+def test_auto_never_makes_the_file_larger(sparsity):
+    w = np.random.default_rng(0).standard_normal((256, 256)).astype(np.float32)
+    w[np.abs(w) < np.quantile(np.abs(w), sparsity)] = 0
+    proto = _single_matmul(w)
+    out, result = _sparsify(proto, format="auto", min_sparsity=0.0)
+    assert out.ByteSize() <= proto.ByteSize()
+    for row in result.details["tensors"]:
+        assert row["bytes_after"] < row["bytes_before"]
+    if sparsity >= 0.5:
+        assert result.modified
+
+
+def _single_matmul(w: np.ndarray, opset: int = 17) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"], name="mm")],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", w.shape[0]])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", w.shape[1]])],
+        [numpy_helper.from_array(w, "W")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)])
+    proto.ir_version = 8
+    return proto
+
+
+def test_csr_needs_opset_11_and_auto_falls_back_to_coo():
+    w = np.zeros((64, 64), np.float32)
+    w[::4, ::5] = 1.5
+    old = _single_matmul(w, opset=10)
+    model = model_io.load(old)
+    before = model_io.to_bytes(model)
+    result = Sparsify(format="csr").run(model, PassContext())
+    assert not result.modified and model_io.to_bytes(model) == before
+    assert "opset >= 11" in result.notes[0]
+    out, result = _sparsify(old, format="auto")
+    assert {t["format"] for t in result.details["tensors"]} == {"coo"}
+    assert len(out.graph.sparse_initializer) == 1
+
+
+def test_existing_sparse_initializers_are_preserved_by_sparsify_and_densified_on_request():
+    proto = fx.sparse_initializer_model()
+    out, result = _sparsify(proto, format="csr")
+    assert not result.modified
+    assert len(out.graph.sparse_initializer) == 1
+    back, dres = _densify(proto)
+    assert dres.modified and not back.graph.sparse_initializer
+    assert "fc.weight" in _initializer_bytes(back)
+    onnx.checker.check_model(back, full_check=True)
+    feeds = fx.random_inputs(proto, seed=0)
+    ref, got = _outputs(proto, feeds, "default"), _outputs(back, feeds, "default")
+    assert all(got[k].tobytes() == ref[k].tobytes() for k in ref)
+
+
+# --------------------------------------------------------------------------- no-ops, options
+
+
+def test_dense_model_is_no_change_and_bit_identical():
+    model = model_io.load(fx.resnet())
+    before = model_io.to_bytes(model)
+    result = Sparsify().run(model, PassContext())
+    assert not result.modified and model_io.to_bytes(model) == before
+    result = Densify().run(model, PassContext())
+    assert not result.modified and model_io.to_bytes(model) == before
+
+
+def test_min_size_and_min_sparsity_are_honoured():
+    proto = _pruned(fx.mlp(), 0.6)
+    _, result = _sparsify(proto, format="csr", min_sparsity=0.7)
+    assert not result.modified
+    model = model_io.load(proto)
+    result = Sparsify(format="csr", min_size=10**6).run(model, PassContext())
+    assert not result.modified
+
+
+@pytest.mark.parametrize("options", [{"min_sparsity": 1.5}, {"min_size": 0}, {"format": "bsr"}])
+def test_bad_options_are_usage_errors(options):
+    with pytest.raises(UsageError):
+        Sparsify(**options)
+
+
+# --------------------------------------------------------------------------- files, pipeline, CLI
+
+
+def test_external_data_model_round_trip(tmp_path):
+    proto = _pruned(fx.bert_block(), 0.9)
+    model = model_io.load(proto)
+    model_io.save(model, tmp_path / "dense.onnx", external_data=True)
+    assert (tmp_path / "dense.onnx.data").exists()
+    model = model_io.load(tmp_path / "dense.onnx")
+    assert Sparsify(format="csr").run(model, PassContext()).modified
+    model_io.save(model, tmp_path / "sparse.onnx", external_data=True)
+    sparse = model_io.load(tmp_path / "sparse.onnx")
+    feeds = fx.random_inputs(proto, seed=0)
+    ref, got = _outputs(proto, feeds, "default"), _outputs(model_io.to_proto(sparse), feeds, "default")
+    assert all(got[k].tobytes() == ref[k].tobytes() for k in ref)
+    assert Densify().run(sparse, PassContext()).modified
+    model_io.save(sparse, tmp_path / "back.onnx", external_data=True)
+    back = model_io.to_proto(model_io.load(tmp_path / "back.onnx"))
+    assert _initializer_bytes(back) == _initializer_bytes(proto)
+
+
+def test_through_optimize_lossless_and_reported():
+    proto = _pruned(fx.resnet(), 0.9)
+    result = optimize(proto, "sparsify:format=csr")
+    row = result.report.passes[0]
+    assert row.status == "applied", row.reason
+    assert all(m.max_abs <= 1e-5 for m in row.metrics)
+    assert row.details["bytes_after"] < 0.3 * row.details["bytes_before"]
+    back = optimize(result.model, "densify").model
+    assert _initializer_bytes(model_io.to_proto(back)) == _initializer_bytes(proto)
+
+
+def test_cli_unstructured_then_sparsify_then_densify(tmp_path):
+    from onnxslim.cli import main
+
+    src = tmp_path / "in.onnx"
+    onnx.save(fx.resnet(), src)
+    sparse, dense = tmp_path / "sparse.onnx", tmp_path / "dense.onnx"
+    assert main([str(src), str(sparse), "--passes", "unstructured:sparsity=0.9:min_size=64,sparsify"]) == 0
+    assert sparse.stat().st_size < 0.4 * src.stat().st_size
+    onnx.checker.check_model(onnx.load(str(sparse)), full_check=True)
+    assert main([str(sparse), str(dense), "--passes", "densify"]) == 0
+    restored = onnx.load(str(dense))
+    assert not [n for n in restored.graph.node if n.name.endswith("/csr/output")]
+    feeds = fx.random_inputs(restored, seed=0)
+    ref, got = _outputs(onnx.load(str(sparse)), feeds, "default"), _outputs(restored, feeds, "default")
+    assert all(got[k].tobytes() == ref[k].tobytes() for k in ref)
+
+
+@pytest.mark.skipif(not (CORPUS / "rapidocr_ppocrv4_det.onnx").exists(), reason="corpus model not downloaded")
+def test_paddle_constant_node_model_from_corpus():
+    from onnxslim.passes.unstructured import Unstructured
+
+    model = model_io.load(CORPUS / "rapidocr_ppocrv4_det.onnx")
+    Unstructured(sparsity=0.9).run(model, PassContext())
+    pruned = model_io.to_proto(model)
+    assert Sparsify(format="csr").run(model, PassContext()).modified
+    out = model_io.to_proto(model)
+    assert out.ByteSize() < 0.35 * pruned.ByteSize()
+    feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)}
+    ref, got = _outputs(pruned, feeds, "default"), _outputs(out, feeds, "default")
+    assert all(got[k].tobytes() == ref[k].tobytes() for k in ref)
