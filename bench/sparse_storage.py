@@ -21,12 +21,12 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
+from onnxslim.passes.sparsify import Sparsify
+from onnxslim.passes.unstructured import Unstructured
 
 from fixtures import models as fx
 from onnxslim import model_io
 from onnxslim.pass_api import PassContext
-from onnxslim.passes.sparsify import Sparsify
-from onnxslim.passes.unstructured import Unstructured
 
 SPARSITIES = (0.5, 0.7, 0.9)
 LEVELS = {
@@ -88,7 +88,9 @@ def session(data: bytes, level: str, threads: int) -> ort.InferenceSession:
     return ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
 
 
-def timings(files: dict[str, bytes], feeds, level: str, repeat: int, threads: int) -> dict[str, tuple[float, float, dict]]:
+def timings(
+    files: dict[str, bytes], feeds, level: str, repeat: int, threads: int
+) -> dict[str, tuple[float, float, dict]]:
     """Per file: median session creation ms, median latency ms, outputs; interleaved."""
     create = {k: [] for k in files}
     for _ in range(max(3, repeat // 5)):
@@ -138,15 +140,21 @@ def main(argv=None) -> int:
                     runtime_rows.append((case, sparsity, level, fmt, result["dense"][:2], result[fmt][:2], diff))
 
     print("\nFile bytes (ratio to the dense file)")
-    print(f"{'case':18} {'zeros':>5} {'dense':>10} {'csr':>17} {'coo':>17} {'auto':>17} {'zlib -9':>17} {'entropy bound':>17}")
+    print(
+        f"{'case':18} {'zeros':>5} {'dense':>10} {'csr':>17} {'coo':>17} {'auto':>17} {'zlib -9':>17} {'entropy bound':>17}"
+    )
     for case, sparsity, dense, sizes in storage_rows:
         cells = " ".join(f"{sizes[k]:>10} {sizes[k] / dense:5.3f}x" for k in ("csr", "coo", "auto", "zlib", "entropy"))
         print(f"{case:18} {sparsity:5.0%} {dense:>10} {cells}")
 
     print(f"\nonnxruntime {ort.__version__} CPU, {args.threads} thread(s): session creation and latency (median ms)")
-    print(f"{'case':18} {'zeros':>5} {'level':8} {'fmt':4} {'create dense':>12} {'create sparse':>13} {'run dense':>10} {'run sparse':>10} {'run ratio':>9} {'max|Δ|':>8}")
+    print(
+        f"{'case':18} {'zeros':>5} {'level':8} {'fmt':4} {'create dense':>12} {'create sparse':>13} {'run dense':>10} {'run sparse':>10} {'run ratio':>9} {'max|Δ|':>8}"
+    )
     for case, sparsity, level, fmt, (cd, rd), (cs, rs), diff in runtime_rows:
-        print(f"{case:18} {sparsity:5.0%} {level:8} {fmt:4} {cd:12.2f} {cs:13.2f} {rd:10.3f} {rs:10.3f} {rs / rd:8.2f}x {diff:8.1e}")
+        print(
+            f"{case:18} {sparsity:5.0%} {level:8} {fmt:4} {cd:12.2f} {cs:13.2f} {rd:10.3f} {rs:10.3f} {rs / rd:8.2f}x {diff:8.1e}"
+        )
 
     print("\nTargets")
     ok = True

@@ -41,6 +41,8 @@ MIN_OPSET = 11
 ROLE_KEY = "onnxslim.csr_role"
 #: On the output node: where the dense tensor lived before ("initializer" or "constant_node").
 ORIGIN_KEY = "onnxslim.csr_origin"
+#: On the output node of a former Constant node: that node's name, restored by densify.
+ORIGIN_NAME_KEY = "onnxslim.csr_origin_name"
 #: Serialized bytes of the decode nodes and small constants, measured: about 1.6 kB plus
 #: 52 bytes per character of the tensor name (it prefixes every node, value and constant).
 DECODE_OVERHEAD_BYTES = 1700
@@ -174,7 +176,9 @@ class _Builder:
         return out
 
 
-def build_decode(graph: ir.Graph, name: str, parts: CsrParts, origin: str) -> tuple[list[ir.Node], ir.Value]:
+def build_decode(
+    graph: ir.Graph, name: str, parts: CsrParts, origin: str, origin_name: str | None = None
+) -> tuple[list[ir.Node], ir.Value]:
     """Component initializers (registered in ``graph``) and the decode nodes (not yet inserted).
 
     The returned value, named ``name``, carries the dense tensor; the caller inserts the nodes
@@ -187,11 +191,21 @@ def build_decode(graph: ir.Graph, name: str, parts: CsrParts, origin: str) -> tu
     shape = b.const("shape", np.array(parts.shape, np.int64))
     if parts.nnz == 0:
         out = b.node("output", "ConstantOfShape", [shape], [_attr_tensor("value", zero)], output_name=name)
-        b.nodes[-1].metadata_props[ORIGIN_KEY] = origin
+        _mark_origin(b.nodes[-1], origin, origin_name)
         return b.nodes, out
     starts = b.node("starts_i64", "Cast", [b.const("starts", parts.starts)], [ir.AttrInt64("to", int64)])
-    empty_marks = b.node("marks_zero", "ConstantOfShape", [b.const("nnz", np.array([parts.nnz], np.int64))], [_attr_tensor("value", np.zeros(1, np.int64))])
-    ones = b.node("marks_one", "ConstantOfShape", [b.const("n_starts", np.array([parts.starts.size], np.int64))], [_attr_tensor("value", np.ones(1, np.int64))])
+    empty_marks = b.node(
+        "marks_zero",
+        "ConstantOfShape",
+        [b.const("nnz", np.array([parts.nnz], np.int64))],
+        [_attr_tensor("value", np.zeros(1, np.int64))],
+    )
+    ones = b.node(
+        "marks_one",
+        "ConstantOfShape",
+        [b.const("n_starts", np.array([parts.starts.size], np.int64))],
+        [_attr_tensor("value", np.ones(1, np.int64))],
+    )
     marks = b.node("marks", "ScatterElements", [empty_marks, starts, ones], [ir.AttrInt64("axis", 0)])
     row = b.node("cumsum", "CumSum", [marks, b.const("axis", np.array(0, np.int64))])
     if parts.rows is not None:
@@ -200,11 +214,21 @@ def build_decode(graph: ir.Graph, name: str, parts: CsrParts, origin: str) -> tu
     offset = b.node("row_offset", "Mul", [row, b.const("width", np.array(parts.width, np.int64))])
     cols = b.node("cols_i64", "Cast", [b.const("cols", parts.cols)], [ir.AttrInt64("to", int64)])
     index = b.node("index", "Add", [offset, cols])
-    dense = b.node("dense_zero", "ConstantOfShape", [b.const("size", np.array([size], np.int64))], [_attr_tensor("value", zero)])
-    flat = b.node("scatter", "ScatterElements", [dense, index, b.const("values", parts.values)], [ir.AttrInt64("axis", 0)])
+    dense = b.node(
+        "dense_zero", "ConstantOfShape", [b.const("size", np.array([size], np.int64))], [_attr_tensor("value", zero)]
+    )
+    flat = b.node(
+        "scatter", "ScatterElements", [dense, index, b.const("values", parts.values)], [ir.AttrInt64("axis", 0)]
+    )
     out = b.node("output", "Reshape", [flat, shape], output_name=name)
-    b.nodes[-1].metadata_props[ORIGIN_KEY] = origin
+    _mark_origin(b.nodes[-1], origin, origin_name)
     return b.nodes, out
+
+
+def _mark_origin(node: ir.Node, origin: str, origin_name: str | None) -> None:
+    node.metadata_props[ORIGIN_KEY] = origin
+    if origin_name:
+        node.metadata_props[ORIGIN_NAME_KEY] = origin_name
 
 
 @dataclasses.dataclass
@@ -215,6 +239,7 @@ class Decode:
     nodes: list[ir.Node]
     output: ir.Value
     origin: str
+    origin_name: str | None = None
 
     def parts(self) -> CsrParts:
         by_role = {n.metadata_props[ROLE_KEY]: n for n in self.nodes}
@@ -251,7 +276,9 @@ def find_decodes(model: ir.Model) -> Iterator[Decode]:
     for graph in all_graphs(model):
         for node in graph:
             if node.metadata_props.get(ROLE_KEY) == "output":
-                yield Decode(graph, _tagged_upstream(node), node.outputs[0], node.metadata_props.get(ORIGIN_KEY, "initializer"))
+                props = node.metadata_props
+                origin = props.get(ORIGIN_KEY, "initializer")
+                yield Decode(graph, _tagged_upstream(node), node.outputs[0], origin, props.get(ORIGIN_NAME_KEY))
 
 
 def _tagged_upstream(output: ir.Node) -> list[ir.Node]:

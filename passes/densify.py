@@ -37,7 +37,9 @@ class Densify(Pass):
             before = parts.nbytes
             dense = sparse_codec.decode(parts)
             _replace_decode(decode, dense)
-            restored.append({"name": decode.output.name, "format": "csr", "bytes_before": before, "bytes_after": int(dense.nbytes)})
+            restored.append(
+                {"name": decode.output.name, "format": "csr", "bytes_before": before, "bytes_after": int(dense.nbytes)}
+            )
         for graph in all_graphs(model):
             for value in graph.initializers.values():
                 if value.meta.get(SPARSE_FORMAT_KEY) is not None and value.const_value is not None:
@@ -45,7 +47,14 @@ class Densify(Pass):
                     array = value.const_value.numpy()
                     nnz = int(np.count_nonzero(array))
                     coo_bytes = sparse_codec.coo_file_bytes(nnz, array.dtype.itemsize) - sparse_codec.COO_OVERHEAD_BYTES
-                    restored.append({"name": value.name, "format": "coo", "bytes_before": coo_bytes, "bytes_after": int(array.nbytes)})
+                    restored.append(
+                        {
+                            "name": value.name,
+                            "format": "coo",
+                            "bytes_before": coo_bytes,
+                            "bytes_after": int(array.nbytes),
+                        }
+                    )
         before = sum(r["bytes_before"] for r in restored)
         after = sum(r["bytes_after"] for r in restored)
         details = {"tensors": restored, "bytes_before": before, "bytes_after": after, "restored": len(restored)}
@@ -61,7 +70,8 @@ def _replace_decode(decode: sparse_codec.Decode, dense: np.ndarray) -> None:
     old.name = f"{name}.csr_decoded"
     if decode.origin == "constant_node":
         value = ir.Value(name=name)
-        node = ir.Node("", "Constant", [], [ir.Attr("value", ir.AttributeType.TENSOR, ir.Tensor(dense, name=name))], outputs=[value])
+        attr = ir.Attr("value", ir.AttributeType.TENSOR, ir.Tensor(dense, name=name))
+        node = ir.Node("", "Constant", [], [attr], outputs=[value], name=decode.origin_name)
         value.dtype, value.shape = ir.DataType.from_numpy(dense.dtype), ir.Shape(dense.shape)
         graph.insert_before(output_node, node)
     else:
@@ -70,7 +80,7 @@ def _replace_decode(decode: sparse_codec.Decode, dense: np.ndarray) -> None:
         graph.register_initializer(value)
     old.replace_all_uses_with(value, replace_graph_outputs=True)
     graph.remove(decode.nodes, safe=True)
-    for component in component_inputs:
-        if component.is_initializer() and not component.uses() and not component.is_graph_output() and not component.is_graph_input():
-            if component.name in graph.initializers:
-                graph.initializers.pop(component.name)
+    for component in component_inputs:  # values, indices, shapes: gone unless shared
+        unused = not component.uses() and not component.is_graph_output() and not component.is_graph_input()
+        if unused and graph.initializers.get(component.name) is component:
+            graph.initializers.pop(component.name)

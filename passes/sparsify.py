@@ -20,8 +20,8 @@ import onnx_ir as ir
 
 from onnxslim import sparse_codec
 from onnxslim.constants import SPARSE_FORMAT_KEY, all_graphs, set_tensor
-from onnxslim.pass_api import Pass, PassContext, PassResult, option
 from onnxslim.errors import UsageError
+from onnxslim.pass_api import Pass, PassContext, PassResult, option
 
 
 class _Candidate:
@@ -121,7 +121,9 @@ class Sparsify(Pass):
         if not converted:
             return PassResult(False, "no tensor qualifies", details, notes)
         formats = sorted({c["format"] for c in converted})
-        summary = f"{len(converted)} tensor(s) to {'/'.join(formats)}: {before} -> {after} bytes ({after / before:.3f}x)"
+        summary = (
+            f"{len(converted)} tensor(s) to {'/'.join(formats)}: {before} -> {after} bytes ({after / before:.3f}x)"
+        )
         return PassResult(True, summary, details, notes)
 
     def _choose(self, array: np.ndarray, nnz: int, csr_ok: bool, name: str):
@@ -178,7 +180,9 @@ def _store_csr(cand: _Candidate, parts: sparse_codec.CsrParts) -> None:
     if cand.node is None:
         graph.initializers.pop(name)
     old.name = f"{name}.dense_replaced"  # about to be detached; the decode output takes the name
-    nodes, dense = sparse_codec.build_decode(graph, name, parts, origin=cand.origin)
+    nodes, dense = sparse_codec.build_decode(
+        graph, name, parts, cand.origin, cand.node.name if cand.node is not None else None
+    )
     dense.dtype, dense.shape = ir.DataType.from_numpy(parts.values.dtype), ir.Shape(parts.shape)
     anchor = cand.node if cand.node is not None else next(iter(graph), None)
     if anchor is None:

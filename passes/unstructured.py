@@ -52,7 +52,9 @@ class Unstructured(Pass):
 
     class Options(Pass.Options):
         sparsity: float = option(0.5, "fraction of weights to zero in every layer (or overall with scope=global)")
-        criterion: Literal["magnitude", "random", "wanda"] = option("magnitude", "score: |W|, random, or |W|*||X|| (needs calibration)")
+        criterion: Literal["magnitude", "random", "wanda"] = option(
+            "magnitude", "score: |W|, random, or |W|*||X|| (needs calibration)"
+        )
         scope: Literal["layer", "global"] = option("layer", "reach the sparsity per layer, or rank all layers together")
         n: int = option(0, "N:M pattern: keep n of every m consecutive weights along the input dimension (0 = off)")
         m: int = option(0, "N:M pattern group size (0 = off)")
@@ -66,7 +68,9 @@ class Unstructured(Pass):
         if (o.n == 0) != (o.m == 0) or o.n < 0 or (o.m and not 0 < o.n < o.m):
             raise UsageError(f"unstructured:n and m must both be 0 (off) or satisfy 0 < n < m, got n={o.n} m={o.m}")
         if o.m and o.scope == "global":
-            raise UsageError("unstructured: an N:M pattern is per group of weights; it cannot be combined with scope=global")
+            raise UsageError(
+                "unstructured: an N:M pattern is per group of weights; it cannot be combined with scope=global"
+            )
         if o.min_size < 0:
             raise UsageError(f"unstructured:min_size must be >= 0, got {o.min_size}")
 
@@ -94,7 +98,9 @@ class Unstructured(Pass):
             for layer in list(layers):
                 mask = _n_of_m(scores[layer.name], layer.in_axis, opts.n, opts.m)
                 if mask is None:
-                    notes.append(f"{layer.name}: input dimension {layer.weight.shape[layer.in_axis]} is not a multiple of m={opts.m}; left alone")
+                    notes.append(
+                        f"{layer.name}: input dimension {layer.weight.shape[layer.in_axis]} is not a multiple of m={opts.m}; left alone"
+                    )
                     layers.remove(layer)
                 else:
                     masks[layer.name] = mask
@@ -102,7 +108,10 @@ class Unstructured(Pass):
             masks = _global_masks(scores, opts.sparsity)
         else:
             per_row = opts.criterion == "wanda"
-            masks = {layer.name: _layer_mask(scores[layer.name], opts.sparsity, layer.out_axis if per_row else None) for layer in layers}
+            masks = {
+                layer.name: _layer_mask(scores[layer.name], opts.sparsity, layer.out_axis if per_row else None)
+                for layer in layers
+            }
         return self._apply(layers, masks, ctx, notes)
 
     def _layers(self, model: ir.Model, notes: list[str]) -> list[_Layer]:
@@ -131,10 +140,14 @@ class Unstructured(Pass):
             rank = len(weight.shape)
             layers.append(_Layer(node, weight, layout[0] % rank, layout[1] % rank))
         if dequantized:
-            notes.append(f"{len(dequantized)} quantized weight(s) left alone (zeroing INT8 storage is not supported): {', '.join(dequantized[:5])}")
+            notes.append(
+                f"{len(dequantized)} quantized weight(s) left alone (zeroing INT8 storage is not supported): {', '.join(dequantized[:5])}"
+            )
         return layers
 
-    def _apply(self, layers: list[_Layer], masks: dict[str, np.ndarray], ctx: PassContext, notes: list[str]) -> PassResult:
+    def _apply(
+        self, layers: list[_Layer], masks: dict[str, np.ndarray], ctx: PassContext, notes: list[str]
+    ) -> PassResult:
         rows = []
         zeroed_total = size_total = zeros_before_total = 0
         for layer in ctx.progress(layers, "layers", total=len(layers)):
@@ -189,12 +202,12 @@ def _layer_mask(scores: np.ndarray, sparsity: float, row_axis: int | None) -> np
     """True for the weights to keep: all but the ``sparsity`` lowest-scored, per tensor or per row."""
     keep = np.ones(scores.shape, dtype=bool)
     if row_axis is None:
-        k = int(round(sparsity * scores.size))
+        k = round(sparsity * scores.size)
         if k:
             keep.reshape(-1)[np.argpartition(scores.reshape(-1), k - 1)[:k]] = False
         return keep
     rows = np.moveaxis(scores, row_axis, 0).reshape(scores.shape[row_axis], -1)
-    k = int(round(sparsity * rows.shape[1]))
+    k = round(sparsity * rows.shape[1])
     if not k:
         return keep
     drop = np.argpartition(rows, k - 1, axis=1)[:, :k]
@@ -209,7 +222,7 @@ def _global_masks(scores: dict[str, np.ndarray], sparsity: float) -> dict[str, n
         return {}
     flat = np.concatenate([s.reshape(-1).astype(np.float64) for s in scores.values()])
     keep = np.ones(flat.size, dtype=bool)
-    k = int(round(sparsity * flat.size))
+    k = round(sparsity * flat.size)
     if k:
         keep[np.argpartition(flat, k - 1)[:k]] = False
     masks, offset = {}, 0
@@ -234,7 +247,9 @@ def _input_norms(model: ir.Model, layers: list[_Layer], ctx: PassContext, notes:
     """L2 norm of every input feature of each layer over the calibration samples."""
     reachable = [layer for layer in layers if layer.node.graph is model.graph]
     if len(reachable) < len(layers):
-        notes.append(f"{len(layers) - len(reachable)} layer(s) inside subgraphs left alone: their inputs cannot be captured for wanda")
+        notes.append(
+            f"{len(layers) - len(reachable)} layer(s) inside subgraphs left alone: their inputs cannot be captured for wanda"
+        )
     sums: dict[str, np.ndarray] = {}
     values = [layer.node.inputs[0] for layer in reachable]
     untyped = [v for v in values if v.dtype is None]

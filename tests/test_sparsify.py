@@ -10,13 +10,13 @@ import onnx
 import onnxruntime as ort
 import pytest
 from onnx import helper, numpy_helper
+from onnxslim.passes.densify import Densify
+from onnxslim.passes.sparsify import Sparsify
 
 from fixtures import models as fx
 from onnxslim import constants, model_io, optimize, runtime, sparse_codec
 from onnxslim.errors import UsageError
 from onnxslim.pass_api import PassContext
-from onnxslim.passes.densify import Densify
-from onnxslim.passes.sparsify import Sparsify
 
 CORPUS = Path(os.path.expanduser("~/.cache/onnxslim-corpus"))
 
@@ -36,8 +36,9 @@ def _outputs(proto: onnx.ModelProto, feeds, level: str) -> dict[str, np.ndarray]
         return runtime.run(sess, feeds)
 
 
-def _initializer_bytes(proto: onnx.ModelProto) -> dict[str, bytes]:
-    return {t.name: t.SerializeToString() for t in proto.graph.initializer}
+def _initializer_bytes(proto: onnx.ModelProto | onnx.GraphProto) -> dict[str, bytes]:
+    graph = proto if isinstance(proto, onnx.GraphProto) else proto.graph
+    return {t.name: t.SerializeToString() for t in graph.initializer}
 
 
 def _sparsify(proto: onnx.ModelProto, **options) -> tuple[onnx.ModelProto, object]:
@@ -57,7 +58,13 @@ def _densify(proto: onnx.ModelProto) -> tuple[onnx.ModelProto, object]:
 
 @pytest.mark.parametrize(
     "shape,dtype",
-    [((64, 300), np.float32), ((8, 4, 3, 3), np.float32), ((2000,), np.float64), ((33, 17), np.float16), ((4, 5, 6), np.float32)],
+    [
+        ((64, 300), np.float32),
+        ((8, 4, 3, 3), np.float32),
+        ((2000,), np.float64),
+        ((33, 17), np.float16),
+        ((4, 5, 6), np.float32),
+    ],
 )
 def test_codec_round_trip_is_bit_exact_with_empty_rows_negative_zero_and_nan(shape, dtype):
     rng = np.random.default_rng(0)
@@ -147,7 +154,9 @@ def _as_constant_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Every initializer moved into a Constant node, as Paddle exports do."""
     out = onnx.ModelProto()
     out.CopyFrom(proto)
-    nodes = [helper.make_node("Constant", [], [t.name], name=f"{t.name}/Constant", value=t) for t in out.graph.initializer]
+    nodes = [
+        helper.make_node("Constant", [], [t.name], name=f"{t.name}/Constant", value=t) for t in out.graph.initializer
+    ]
     del out.graph.initializer[:]
     rest = list(out.graph.node)
     del out.graph.node[:]
@@ -169,6 +178,57 @@ def test_weights_in_constant_nodes_round_trip_as_constant_nodes():
     before = {n.output[0]: n.attribute[0].t.SerializeToString() for n in proto.graph.node if n.op_type == "Constant"}
     after = {n.output[0]: n.attribute[0].t.SerializeToString() for n in back.graph.node if n.op_type == "Constant"}
     assert after == before
+
+
+def _if_with_branch_local_weights() -> onnx.ModelProto:
+    """An If whose then branch holds its weight as a subgraph initializer, else as a Constant."""
+    rng = np.random.default_rng(0)
+
+    def branch(tag: str, as_constant: bool) -> onnx.GraphProto:
+        w = rng.standard_normal((64, 64)).astype(np.float32)
+        w[np.abs(w) < 1.5] = 0
+        tensor = numpy_helper.from_array(w, f"{tag}.w")
+        nodes = [helper.make_node("MatMul", ["x", f"{tag}.w"], [f"{tag}.y"], name=f"{tag}/MatMul")]
+        if as_constant:
+            nodes.insert(0, helper.make_node("Constant", [], [f"{tag}.w"], name=f"{tag}/Constant", value=tensor))
+        outputs = [helper.make_tensor_value_info(f"{tag}.y", onnx.TensorProto.FLOAT, ["N", 64])]
+        return helper.make_graph(nodes, tag, [], outputs, [] if as_constant else [tensor])
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("ReduceSum", ["x"], ["s"], keepdims=0),
+            helper.make_node("Greater", ["s", "zero"], ["c"]),
+            helper.make_node("If", ["c"], ["y"], then_branch=branch("then", False), else_branch=branch("else", True)),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 64])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 64])],
+        [numpy_helper.from_array(np.array(0, np.float32), "zero")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 9
+    return proto
+
+
+def test_weights_local_to_if_branches_are_decoded_inside_the_branch():
+    proto = _if_with_branch_local_weights()
+    out, result = _sparsify(proto, format="csr")
+    assert result.details["converted"] == 2
+    onnx.checker.check_model(out, full_check=True)
+    for branch in out.graph.node[2].attribute:
+        assert any(n.op_type == "ScatterElements" for n in branch.g.node)
+    rng = np.random.default_rng(1)
+    for sign in (1.0, -1.0):  # both branches
+        feeds = {"x": sign * np.abs(rng.standard_normal((3, 64))).astype(np.float32)}
+        for level in ("disabled", "default"):
+            ref, got = _outputs(proto, feeds, level), _outputs(out, feeds, level)
+            assert got["y"].tobytes() == ref["y"].tobytes()
+    back, _ = _densify(out)
+    for original, restored in zip(proto.graph.node[2].attribute, back.graph.node[2].attribute):
+        assert [n.SerializeToString() for n in restored.g.node if n.op_type == "Constant"] == [
+            n.SerializeToString() for n in original.g.node if n.op_type == "Constant"
+        ]
+        assert _initializer_bytes(restored.g) == _initializer_bytes(original.g)
 
 
 def test_decode_survives_cleanup():

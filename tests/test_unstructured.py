@@ -8,14 +8,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from onnx import numpy_helper
+from onnxslim.passes.unstructured import Unstructured
 
 from fixtures import models as fx
 from onnxslim import constants, model_io, optimize, runtime
 from onnxslim.calibration import Calibration
 from onnxslim.errors import UsageError
 from onnxslim.pass_api import PassContext
-from onnxslim.passes.unstructured import Unstructured
 
 CORPUS = Path(os.path.expanduser("~/.cache/onnxslim-corpus"))
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "models"
@@ -37,7 +36,7 @@ def _zeros(a: np.ndarray) -> float:
 
 
 def test_magnitude_per_layer_zeroes_exactly_the_smallest():
-    model, before, after, result = _run(fx.mlp(), sparsity=0.7)
+    _model, before, after, result = _run(fx.mlp(), sparsity=0.7)
     assert result.modified and result.details["layers_changed"] == 4
     for row in result.details["layers"]:
         w, p = before[row["name"]], after[row["name"]]
@@ -62,10 +61,15 @@ def test_global_scope_ranks_all_layers_together():
 
 @pytest.mark.parametrize(
     "builder,name,in_axis",
-    [(fx.resnet, "layer2.0.conv1.weight", 1), (fx.mlp, "fc1.weight", 1), (fx.mlp, "fc2.weight", 0), (fx.mlp, "fc3.weight", 0)],
+    [
+        (fx.resnet, "layer2.0.conv1.weight", 1),
+        (fx.mlp, "fc1.weight", 1),
+        (fx.mlp, "fc2.weight", 0),
+        (fx.mlp, "fc3.weight", 0),
+    ],
 )
 def test_n_of_m_along_the_input_dimension(builder, name, in_axis):
-    _, before, after, result = _run(builder(), n=2, m=4)
+    _, before, after, _result = _run(builder(), n=2, m=4)
     p = np.moveaxis(after[name], in_axis, -1)
     groups = p.reshape(-1, 4)
     assert np.all(np.count_nonzero(groups, axis=1) <= 2)
@@ -118,14 +122,14 @@ def test_wanda_scores_weights_by_input_feature_norms_per_output_row():
 def test_wanda_on_convolutions_including_grouped():
     proto = fx.mobilenetv2()
     ctx = PassContext(calibration=Calibration([fx.random_inputs(proto, seed=s) for s in range(2)]))
-    model, before, after, result = _run(proto, ctx, criterion="wanda", sparsity=0.5, min_size=0)
+    model, _before, _after, result = _run(proto, ctx, criterion="wanda", sparsity=0.5, min_size=0)
     assert result.details["layers_changed"] >= 10
     with runtime.session(model_io.to_proto(model), "default") as sess:
         runtime.run(sess, fx.random_inputs(proto, seed=0))
 
 
 def test_exclude_and_min_size():
-    _, before, after, result = _run(fx.mlp(), sparsity=0.5, exclude=["fc1.*", "fc3/*"], min_size=1000)
+    _, _before, _after, result = _run(fx.mlp(), sparsity=0.5, exclude=["fc1.*", "fc3/*"], min_size=1000)
     changed = {r["name"] for r in result.details["layers"]}
     assert changed == {"fc2.weight"}  # fc1 by weight name, fc3 by node name, fc4 (320) by size
 
@@ -168,7 +172,14 @@ def test_nothing_to_do_is_bit_identical():
 
 @pytest.mark.parametrize(
     "options",
-    [{"sparsity": 1.0}, {"sparsity": -0.1}, {"n": 2}, {"n": 4, "m": 4}, {"n": 2, "m": 4, "scope": "global"}, {"criterion": "l2"}],
+    [
+        {"sparsity": 1.0},
+        {"sparsity": -0.1},
+        {"n": 2},
+        {"n": 4, "m": 4},
+        {"n": 2, "m": 4, "scope": "global"},
+        {"criterion": "l2"},
+    ],
 )
 def test_bad_options_are_usage_errors(options):
     with pytest.raises(UsageError):
