@@ -421,3 +421,23 @@ def test_paddle_constant_node_model_from_corpus():
     feeds = {"x": np.random.default_rng(0).standard_normal((1, 3, 64, 64)).astype(np.float32)}
     ref, got = _outputs(pruned, feeds, "default"), _outputs(out, feeds, "default")
     assert all(got[k].tobytes() == ref[k].tobytes() for k in ref)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="runtime.session shares weights above 16 MiB through add_initializer with a placeholder "
+    "external file; onnxruntime's constant folding (basic/default) reads the placeholder, not the "
+    "added buffer, so a foldable decode over a shared initializer fails to load (the file is fine)",
+)
+def test_large_sparsified_model_passes_the_default_level_final_check():
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((2100, 2100)).astype(np.float32)
+    w[np.abs(w) < np.quantile(np.abs(w), 0.9)] = 0
+    proto = _single_matmul(w)
+    dense = rng.standard_normal((2100, 2100)).astype(np.float32)  # 17.6 MB that stays dense
+    proto.graph.initializer.append(numpy_helper.from_array(dense, "D"))
+    proto.graph.node.append(helper.make_node("MatMul", ["x", "D"], ["z"], name="dense_mm"))
+    proto.graph.output.append(helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["N", 2100]))
+    result = optimize(proto, "sparsify")
+    assert result.report.passes[0].status == "applied"
+    assert result.report.final_checks["onnxruntime_default_level"] == "ok"
