@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -137,12 +138,18 @@ def large_model(tmp_path_factory):
     directory = tmp_path_factory.mktemp("large")
     model = write_large_model(directory)
     yield model
-    for file in directory.iterdir():
-        file.unlink()
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+@pytest.fixture
+def out_dir(tmp_path):
+    """A directory for outputs of gigabytes, emptied afterwards (pytest keeps old tmp dirs)."""
+    yield tmp_path
+    shutil.rmtree(tmp_path, ignore_errors=True)
 
 
 @pytest.mark.slow
-def test_large_model_cleanup_round_trip(large_model, tmp_path):
+def test_large_model_cleanup_round_trip(large_model, out_dir):
     assert large_model.weight_bytes > 2**31  # over protobuf's 2 GiB limit
     feeds = large_model.sample()
     result = onnxslim.optimize(large_model.path, passes="cleanup", inputs=[feeds])
@@ -151,11 +158,11 @@ def test_large_model_cleanup_round_trip(large_model, tmp_path):
     assert row.details["nodes_removed"] == 3
     assert all(m.max_abs == 0.0 for m in row.metrics)
     assert result.report.final_checks == {"onnx_checker": "ok", "onnxruntime_default_level": "ok"}
-    out = tmp_path / "out.onnx"
+    out = out_dir / "out.onnx"
     files = result.save(out)
     assert sorted(f.name for f in files) == ["out.onnx", "out.onnx.data"]  # external data chosen automatically
     assert out.stat().st_size < 1_000_000
-    assert (tmp_path / "out.onnx.data").stat().st_size >= large_model.weight_bytes
+    assert (out_dir / "out.onnx.data").stat().st_size >= large_model.weight_bytes
     del result
     expected = run_ort(large_model.path, feeds)
     got = run_ort(out, feeds)
@@ -164,13 +171,13 @@ def test_large_model_cleanup_round_trip(large_model, tmp_path):
 
 
 @pytest.mark.slow
-def test_large_model_cli_peak_rss(large_model, tmp_path):
+def test_large_model_cli_peak_rss(large_model, out_dir):
     """The CLI job (load, cleanup, validation, save) peaks well under 2x the weight bytes."""
-    out = tmp_path / "out.onnx"
+    out = out_dir / "out.onnx"
     argv = [sys.executable, "-m", "onnxslim.cli", str(large_model.path), str(out), "--passes", "cleanup", "--quiet"]
     job = measure_peak(argv)
     assert job["rc"] == 0, job["stderr"]
-    assert out.exists() and (tmp_path / "out.onnx.data").exists()
+    assert out.exists() and (out_dir / "out.onnx.data").exists()
     ratio = job["peak"] / large_model.weight_bytes
     assert ratio < 1.5, f"peak RSS {job['peak'] / 1e9:.2f} GB for {large_model.weight_bytes / 1e9:.2f} GB of weights"
     # Heap copies of the weights (not memory-mapped pages the kernel can drop) stay small.
