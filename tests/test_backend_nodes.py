@@ -9,7 +9,7 @@ skipped and byte-for-byte unchanged.
 The default run checks a deterministic subset (every ``SUBSET_STRIDE``-th case, by name) and
 skips the rest. All of them::
 
-    pytest -m backend tests/test_backend_nodes.py -n 2     # every case (1,884), ~30 s on 2 cores
+    pytest -m backend tests/test_backend_nodes.py -n 2     # every case (1,884), ~15 s on 2 cores
     python bench/backend_sweep.py                          # every case, prints the counts
 """
 
