@@ -72,7 +72,7 @@ def score_random(group: ChannelGroup, ctx: PassContext, model: ir.Model) -> np.n
 
 CRITERIA: dict[str, Score] = {"l1": score_l1, "l2": score_l2, "bn": score_bn, "random": score_random}
 #: Criteria provided by :mod:`onnxslim.importance` (functions of the same name and signature).
-DATA_CRITERIA = ("activation", "obs")
+DATA_CRITERIA = ("activation", "activation_l2", "obs")
 
 
 def _optional(module: str, attr: str):
@@ -99,8 +99,8 @@ class Prune(Pass):
 
     class Options(Pass.Options):
         ratio: float = option(0.3, "fraction of each group's channels to remove (0..1)")
-        criterion: Literal["auto", "l1", "l2", "bn", "random", "activation", "obs"] = option(
-            "auto", "importance: auto = activation with calibration data, else l2"
+        criterion: Literal["auto", "l1", "l2", "bn", "random", "activation", "activation_l2", "obs"] = option(
+            "auto", "importance: auto = activation (mean |x|) with calibration data, else l2"
         )
         target: Literal["per_group", "global", "macs"] = option(
             "per_group", "per_group ratio, global ranking with normalised scores, or reach a MACs fraction"
@@ -137,6 +137,9 @@ class Prune(Pass):
         analysis = channels.analyze(model, freeze_residual_stream=not o.residual)
         eligible, skipped = self._eligible(analysis)
         scores = {}
+        prepare = getattr(score, "prepare", None)
+        if prepare is not None and eligible:  # data-driven: every group's tensors in one calibration run
+            prepare(eligible, ctx, model)
         for group in ctx.progress(eligible, "scoring groups", total=len(eligible)):
             values = np.asarray(score(group, ctx, model), dtype=np.float64)
             if values.shape != (group.size,):
@@ -155,6 +158,7 @@ class Prune(Pass):
         analysis.apply(plan)
         if refit is not None:
             details["reconstruction"] = refit.refit(model, state, ctx)
+            notes.append(f"reconstruction: {details['reconstruction']['summary']}")
         return PassResult(True, self._summary(details, "removed"), details, notes + _frozen_notes(analysis))
 
     def _criterion(self, ctx: PassContext, notes: list[str]) -> tuple[Score, str]:
