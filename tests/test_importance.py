@@ -69,7 +69,8 @@ def test_unfold_matches_onnxruntime_conv(attrs, kernel):
     rng = np.random.default_rng(0)
     w = rng.standard_normal((5, 3, *kernel)).astype(np.float32)
     b = rng.standard_normal(5).astype(np.float32)
-    proto = build([helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", **attrs)], {"w": w, "b": b}, [2, 3, 9, 8])
+    conv = helper.make_node("Conv", ["x", "w", "b"], ["y"], name="conv", **attrs)
+    proto = build([conv], {"w": w, "b": b}, [2, 3, 9, 8])
     model = model_io.load(proto)
     x = rng.standard_normal((2, 3, 9, 8)).astype(np.float32)
     y = run(model, {"x": x})["y"]
@@ -134,7 +135,11 @@ def mlp_chain(hidden=16, seed=0) -> onnx.ModelProto:
 def conv_chain(seed=0, **conv2_attrs) -> onnx.ModelProto:
     """x[N,2,10,10] → Conv(2→6, 3×3) → Relu → Conv(6→4, 3×3, attrs) → y."""
     rng = np.random.default_rng(seed)
-    inits = {"w1": rng.standard_normal((6, 2, 3, 3)), "b1": rng.standard_normal(6) * 0.1, "w2": rng.standard_normal((4, 6, 3, 3))}
+    inits = {
+        "w1": rng.standard_normal((6, 2, 3, 3)),
+        "b1": rng.standard_normal(6) * 0.1,
+        "w2": rng.standard_normal((4, 6, 3, 3)),
+    }
     nodes = [
         helper.make_node("Conv", ["x", "w1", "b1"], ["h"], name="conv1", pads=[1, 1, 1, 1]),
         helper.make_node("Relu", ["h"], ["a"], name="act"),
@@ -241,7 +246,9 @@ def duplicate_filter(proto: onnx.ModelProto) -> onnx.ModelProto:
 
 
 @pytest.mark.parametrize(
-    "attrs", [{"pads": [1, 1, 1, 1]}, {"strides": [2, 2], "dilations": [2, 2], "pads": [2, 1, 2, 1]}], ids=["same", "strided"]
+    "attrs",
+    [{"pads": [1, 1, 1, 1]}, {"strides": [2, 2], "dilations": [2, 2], "pads": [2, 1, 2, 1]}],
+    ids=["same", "strided"],
 )
 def test_reconstruction_recovers_a_removed_duplicate_channel(monkeypatch, attrs):
     monkeypatch.setattr(reconstruct, "DAMP", 1e-9)

@@ -12,6 +12,7 @@ is what refitting the consuming layers repairs.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -72,7 +73,8 @@ def results(data, calibration_npz):
 def _print_table(results) -> None:
     base = results[(0.0, "original")][0]
     print(f"\ndigits CNN, 540 test images; calibration: 512 training images; original accuracy {base:.2%}")
-    print(f"{'ratio':>5}  {'method':<17} {'accuracy':>9}  {'MACs':>7}  {'params':>7}  {'refit layers: held-out error before → after'}")
+    header = f"{'ratio':>5}  {'method':<17} {'accuracy':>9}  {'MACs':>7}  {'params':>7}"
+    print(f"{header}  refit layers: held-out error before → after")
     for (ratio, method), (acc, pass_report, report) in results.items():
         if pass_report is None:
             continue
@@ -103,7 +105,8 @@ def test_data_driven_pruning_keeps_accuracy_where_l2_alone_collapses(results, ra
 def test_reconstruction_lowers_every_consuming_layers_error(results, ratio):
     pass_report = results[(ratio, "activation+refit")][1]
     layers = pass_report.details["reconstruction"]["layers"]
-    assert [e["layer"] for e in layers] == ["/block_conv1/Conv", "/block_conv2/Conv", "/conv2/Conv", "/conv3/Conv", "/fc/Gemm"]
+    expected = ["/block_conv1/Conv", "/block_conv2/Conv", "/conv2/Conv", "/conv3/Conv", "/fc/Gemm"]
+    assert [e["layer"] for e in layers] == expected
     for entry in layers:
         assert entry["applied"], entry
         assert entry["error_after"] < 0.8 * entry["error_before"], entry
@@ -125,8 +128,6 @@ def test_cli_with_calibration(tmp_path, calibration_npz, data, capsys):
     code = cli.main([str(a) for a in args] + ["--report", str(report), "--quiet"])
     capsys.readouterr()
     assert code == 0
-    import json
-
     pass_report = json.loads(report.read_text())["passes"][0]
     assert pass_report["status"] == "applied"
     assert pass_report["details"]["criterion"] == "activation"
