@@ -50,16 +50,7 @@ def session(
     with onnxruntime (:func:`_create_sharing_weights`), or else go through a temporary file with
     external data.
     """
-    opts = ort.SessionOptions()
-    opts.graph_optimization_level = LEVELS[level]
-    if level == "disabled":
-        # Comparisons take one kernel path whatever the model's size: weight-sharing sessions
-        # (above the in-memory limit) cannot prepack, so none do (prepacked MatMul sums in
-        # another order: 8.5e-6 apart on a 4096-wide stack).
-        opts.add_session_config_entry("session.disable_prepacking", "1")
-    opts.log_severity_level = 3
-    if threads:
-        opts.intra_op_num_threads = threads
+    opts = _options(level, threads)
     added: list[ir.Value] = []
     if isinstance(model, ir.Model):
         for value in extra_outputs:
@@ -72,15 +63,38 @@ def session(
             yield _create(data, opts)
         else:
             with tempfile.TemporaryDirectory(prefix="onnxslim-") as tmp:
-                sess = _create_sharing_weights(model, opts, Path(tmp))
+                if level != "disabled":
+                    opts.log_severity_level = 4  # a failed attempt below is expected, not news
+                try:
+                    sess = _create_sharing_weights(model, opts, Path(tmp))
+                except ModelError:
+                    # Some graph optimisers (Conv fusions at "basic" and up) read initializer data
+                    # from the proto, i.e. the placeholder file: such sessions take the temp file.
+                    if level == "disabled":
+                        raise
+                    sess = None
                 if sess is None:
                     path = Path(tmp) / "model.onnx"
                     model_io.save(model, path, external_data=True)
-                    sess = _create(str(path), opts)
+                    sess = _create(str(path), _options(level, threads))  # opts may hold shared weights
                 yield sess
     finally:
         for value in added:
             model.graph.outputs.remove(value)
+
+
+def _options(level: str, threads: int) -> ort.SessionOptions:
+    opts = ort.SessionOptions()
+    opts.graph_optimization_level = LEVELS[level]
+    if level == "disabled":
+        # Comparisons take one kernel path whatever the model's size: weight-sharing sessions
+        # (above the in-memory limit) cannot prepack, so none do (prepacked MatMul sums in
+        # another order: 8.5e-6 apart on a 4096-wide stack).
+        opts.add_session_config_entry("session.disable_prepacking", "1")
+    opts.log_severity_level = 3
+    if threads:
+        opts.intra_op_num_threads = threads
+    return opts
 
 
 #: dtypes onnxruntime can wrap in place (``OrtValue.ortvalue_from_numpy``).

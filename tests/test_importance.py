@@ -339,3 +339,24 @@ def test_data_criteria_need_calibration(criterion):
         Prune(criterion=criterion).run(model_io.load(fx.resnet()), PassContext())
     with pytest.raises(UsageError, match="calibration"):
         Prune(reconstruct=True).run(model_io.load(fx.resnet()), PassContext())
+
+
+def test_calibration_runs_on_conv_models_above_the_weight_sharing_limit():
+    """Capture uses an optimised session; above runtime's in-memory limit ORT's Conv+BN fusion
+    cannot read shared weights, so such sessions fall back to a temporary file."""
+    rng = np.random.default_rng(0)
+    w1 = rng.standard_normal((512, 8, 3, 3)) * 0.1
+    w2 = rng.standard_normal((1024, 512, 3, 3)) * 0.01  # 18.9 MB of float32
+    bn = {f"bn_{k}": v for k, v in zip("sbmv", (np.ones(512), np.zeros(512), np.zeros(512), np.ones(512)))}
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["c"], pads=[1, 1, 1, 1]),
+        helper.make_node("BatchNormalization", ["c", *bn], ["h"]),
+        helper.make_node("Relu", ["h"], ["a"]),
+        helper.make_node("Conv", ["a", "w2"], ["y"]),
+    ]
+    model = model_io.load(build(nodes, {"w1": w1, "w2": w2, **bn}, ["N", 8, 6, 6]))
+    assert runtime.weight_bytes(model) > runtime._IN_MEMORY_LIMIT_BYTES
+    calib = calibration((1, 8, 6, 6), 2)
+    captured = calib.capture(model, [value(model, "a")])
+    expected = np.maximum(run(model, calib.samples[1], [value(model, "h")])["h"], 0)
+    np.testing.assert_allclose(captured["a"][1:], expected, rtol=1e-5, atol=1e-5)
