@@ -12,6 +12,8 @@ call for a group that was not prepared captures that group alone.
     positions→slots mapping (a Flatten repeat or a head's head_dim positions add up into their
     slot). The tensors used are those the consuming layers read (after BN/activation, what the
     next layer actually sees); slots no consumer reads fall back to the producers' outputs.
+    Tensors inside subgraphs cannot be captured: a group with none elsewhere is scored by weight
+    L2 (Silero VAD: every pruned layer sits in an If branch).
 
 ``obs``
     Second-order saliency in the style of Optimal Brain Surgeon / SparseGPT. For each layer
@@ -117,6 +119,8 @@ def prepare_activation(groups: Sequence[ChannelGroup], ctx: PassContext, model: 
             fill = tier_covered & ~covered
             mean_abs[fill], rms[fill] = tier_abs[fill], tier_rms[fill]
             covered |= tier_covered
+        if not covered.any():  # every tensor of the group lives inside a subgraph
+            mean_abs = rms = _weight_l2(group)
         _CACHE["activation"][group] = (ctx.calibration, mean_abs)
         _CACHE["activation_l2"][group] = (ctx.calibration, rms)
 

@@ -360,3 +360,16 @@ def test_calibration_runs_on_conv_models_above_the_weight_sharing_limit():
     captured = calib.capture(model, [value(model, "a")])
     expected = np.maximum(run(model, calib.samples[1], [value(model, "h")])["h"], 0)
     np.testing.assert_allclose(captured["a"][1:], expected, rtol=1e-5, atol=1e-5)
+
+
+@pytest.mark.parametrize("criterion", ["activation", "obs"])
+def test_groups_inside_subgraphs_fall_back_to_weight_l2(criterion):
+    """if_model: the pruned layers live in If branches, whose tensors cannot be captured."""
+    proto = fx.if_model()
+    calib = Calibration([fx.random_inputs(proto, seed=i) for i in range(2)])
+    chosen = {}
+    for name in (criterion, "l2"):
+        model = model_io.load(proto)
+        result = Prune(ratio=0.3, criterion=name, reconstruct=False).run(model, PassContext(calibration=calib))
+        chosen[name] = {p["group"]: p["removed"] for p in result.details["pruned"]}
+    assert chosen[criterion] and chosen[criterion] == chosen["l2"]
