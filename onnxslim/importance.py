@@ -23,13 +23,16 @@ call for a group that was not prepared captures that group alone.
     remaining weights optimally compensated the output error grows by
     ``Σ_out w_Qᵀ ([H⁻¹]_QQ)⁻¹ w_Q``, summed over the group's consumers.
     For Conv the Hessian is the exact one of the *unfolded* (im2col) input while
-    ``Cin·k·k ≤ EXACT_LIMIT`` (4096: a 4096² float64 Hessian is 128 MiB and inverts in about a
-    second; this covers 3×3 convs up to 455 input channels and 1×1 convs up to 4096): the
+    ``Cin·k·k ≤ EXACT_LIMIT`` (4096: a 4096² float64 Hessian is 128 MiB and inverts in 2 s on
+    two cores; this covers 3×3 convs up to 455 input channels and 1×1 convs up to 4096): the
     per-channel approximation ignores how a channel's taps correlate with each other, which is
     exactly what distinguishes a smooth feature map from a noisy one. Wider Convs use the
     per-input-channel Gram of the (not unfolded) input, shared by all taps; layers whose channel
     count also exceeds the limit use the diagonal (``[H⁻¹]_cc ≈ 1/H_cc``, Wanda-like). Groups
     with no usable consumer (none, or only LSTM/grouped/subgraph ones) are scored by weight L2.
+    All Hessians are accumulated in one calibration run while they fit in
+    ``HESSIAN_BUDGET_BYTES`` (2 GiB; a 24-layer BERT-large's FFN down-projections alone would
+    need 3 GiB), else in one run per batch of layers that fits.
 """
 
 from __future__ import annotations
@@ -50,6 +53,8 @@ from .reconstruct import LinearLayer, consumer_layers, iter_capture, pick_rows, 
 DAMP = 1e-2
 #: Largest Hessian side inverted exactly (see the module docstring).
 EXACT_LIMIT = 4096
+#: Hessians accumulated in one calibration run (float64); more layers take more runs.
+HESSIAN_BUDGET_BYTES = 2 * 2**30
 
 _ROLE_ORDER = ("input", "output", "internal")
 _CACHE: dict[str, weakref.WeakKeyDictionary] = {
@@ -233,19 +238,17 @@ def _blocks(units: np.ndarray, slots: np.ndarray) -> list[tuple[np.ndarray, np.n
 
 
 def prepare_obs(groups: Sequence[ChannelGroup], ctx: PassContext, model: ir.Model) -> None:
-    """OBS saliency per slot for every group; all consumer inputs from one calibration run."""
+    """OBS saliency per slot for every group; consumer inputs captured in as few calibration
+    runs as the Hessian memory budget allows (one for most models)."""
     _needs_calibration(ctx, "obs")
     layers, _ = consumer_layers(model, groups)
-    hessians = {id(layer.node): _Hessian(layer, _mode(layer), i) for i, layer in enumerate(layers)}
-    if hessians:
-        n = len(ctx.calibration)
-        inputs = [h.layer.input for h in hessians.values()]
-        for i, captured in enumerate(iter_capture(ctx, model, inputs)):
-            for h in hessians.values():
-                h.add(captured[h.layer.input.name], i, n, ctx.seed)
+    hessians = [_Hessian(layer, _mode(layer), i) for i, layer in enumerate(layers)]
+    batches = _batches(hessians)
     scores = {g: np.zeros(g.size) for g in groups}
     covered = {g: np.zeros(g.size, dtype=bool) for g in groups}
-    for h in ctx.progress(list(hessians.values()), "OBS saliency", total=len(hessians)):
+    for h in ctx.progress(hessians, "OBS saliency", total=len(hessians)):
+        if h.h is None:
+            _accumulate(next(b for b in batches if h in b), ctx, model)
         hinv, w = h.inverse(), h.weight_units()
         for group in groups:
             for member in group.consumers:
@@ -254,11 +257,33 @@ def prepare_obs(groups: Sequence[ChannelGroup], ctx: PassContext, model: ir.Mode
                 for slot_ids, blocks in _blocks(h.units(member.positions), member.slots):
                     np.add.at(scores[group], slot_ids, h.saliency(blocks, w, hinv))
                     covered[group][slot_ids] = True
+        h.h = np.zeros(0)  # done: free the Hessian
     for group in groups:
         values = scores[group]
         if not covered[group].any():
             values = _weight_l2(group)
         _CACHE["obs"][group] = (ctx.calibration, values)
+
+
+def _batches(hessians: list[_Hessian]) -> list[list[_Hessian]]:
+    """Consecutive layers whose Hessians together fit in HESSIAN_BUDGET_BYTES (one run each)."""
+    batches: list[list[_Hessian]] = []
+    used = HESSIAN_BUDGET_BYTES
+    for h in hessians:
+        size = 8 * (h.width if h.mode == "diagonal" else h.width**2)
+        if used + size > HESSIAN_BUDGET_BYTES:
+            batches.append([])
+            used = 0
+        batches[-1].append(h)
+        used += size
+    return batches
+
+
+def _accumulate(batch: list[_Hessian], ctx: PassContext, model: ir.Model) -> None:
+    n = len(ctx.calibration)
+    for i, captured in enumerate(iter_capture(ctx, model, [h.layer.input for h in batch])):
+        for h in batch:
+            h.add(captured[h.layer.input.name], i, n, ctx.seed)
 
 
 def obs(group: ChannelGroup, ctx: PassContext, model: ir.Model) -> np.ndarray:

@@ -373,3 +373,27 @@ def test_groups_inside_subgraphs_fall_back_to_weight_l2(criterion):
         result = Prune(ratio=0.3, criterion=name, reconstruct=False).run(model, PassContext(calibration=calib))
         chosen[name] = {p["group"]: p["removed"] for p in result.details["pruned"]}
     assert chosen[criterion] and chosen[criterion] == chosen["l2"]
+
+
+def test_obs_splits_calibration_runs_by_hessian_budget(monkeypatch):
+    proto = fx.resnet()
+    calib = Calibration([fx.random_inputs(proto, seed=i) for i in range(2)])
+    calls = []
+    original = Calibration.iter_capture
+
+    def counting(self, model, values):
+        calls.append(len(values))
+        return original(self, model, values)
+
+    monkeypatch.setattr(Calibration, "iter_capture", counting)
+    scores = []
+    for budget in (importance.HESSIAN_BUDGET_BYTES, 200_000):
+        monkeypatch.setattr(importance, "HESSIAN_BUDGET_BYTES", budget)
+        model = model_io.load(proto)
+        groups = channels.analyze(model).groups
+        importance.prepare_obs(groups, PassContext(calibration=calib), model)
+        scores.append([importance.obs(g, PassContext(calibration=calib), model) for g in groups])
+    assert calls[0] > 1 and len(calls) > 2  # one run, then several smaller ones
+    assert sum(calls[1:]) == calls[0]
+    for a, b in zip(*scores):
+        np.testing.assert_allclose(a, b)
