@@ -19,8 +19,9 @@ already carries their corrections (one onnxruntime run per wave; a chain of N la
 
 Rows (output positions: N·H·W for Conv, all leading dims for Gemm/MatMul) are subsampled per
 layer to ``clip(4·D, MIN_ROWS, MAX_ROWS)`` (D = unfolded input width: 4096..16384 rows), spread
-evenly over the calibration samples with a seeded choice; only Gram statistics (XᵀX, XᵀY, ‖Y‖²)
-are kept, in float64, so memory is D² per layer plus the captured target rows.
+evenly over the calibration samples with a seeded choice. The original outputs at those rows
+are held for every layer (float32, rows × kept outputs); the inputs only as Gram statistics
+(XᵀX, XᵀY, ‖Y‖² in float64, fit and held-out) for the layers of the current wave.
 
 Held out: every 5th calibration sample (every 5th row when there are fewer than 5 samples; rows
 of one sample are correlated, whole samples test generalisation better). The reported errors
@@ -452,7 +453,7 @@ class Reconstructor:
                 if t.layer.bias is not None and t.layer.bias_in_output:
                     out = out - t.layer.beta * t.layer.bias.numpy().astype(np.float64).reshape(-1)
                 t.rows.append(rows)
-                t.y.append(out[:, t.kept_out])
+                t.y.append(out[:, t.kept_out].astype(np.float32))  # float32: held for every layer at once
         return _State(targets, skipped)
 
     def refit(self, model: ir.Model, state: _State, ctx: PassContext) -> dict:
