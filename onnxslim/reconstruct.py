@@ -59,7 +59,7 @@ MAX_ROWS = 16384
 MIN_ROWS_PER_UNKNOWN = 2
 #: Rows unfolded at a time while accumulating Gram matrices (bounds im2col memory).
 CHUNK_ROWS = 2048
-#: One row in HOLDOUT is held out to measure the error.
+#: One calibration sample in HOLDOUT (one row, with fewer samples) is held out to measure the error.
 HOLDOUT = 5
 
 
