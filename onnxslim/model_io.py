@@ -363,10 +363,18 @@ def write_text_atomic(path: Path, text: str) -> None:
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
+        # mkstemp creates 0600; a report is an ordinary file (umask applies, as for the model).
+        os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def _save_external(model: ir.Model, path: Path, data_name: str) -> None:
@@ -399,6 +407,12 @@ def _encode_varint(n: int) -> bytes:
 _GRAPH_TAG = bytes([(7 << 3) | 2])
 
 
+def inline_size(model: ir.Model) -> int:
+    """Bytes of the file :func:`save` writes inline for ``model``, computed without reading weights."""
+    skeleton, records = _inline_layout(model)
+    return len(skeleton) + sum(len(prefix) + (tensor.nbytes if tensor is not None else 0) for prefix, tensor in records)
+
+
 def _write_inline_streaming(model: ir.Model, path: Path) -> None:
     """Write an inline model one initializer at a time.
 
@@ -406,6 +420,27 @@ def _write_inline_streaming(model: ir.Model, path: Path) -> None:
     without its main-graph initializers followed by one ``graph { initializer: t }`` record per
     tensor. Peak memory is one tensor's serialisation, not two extra copies of every weight.
     """
+    skeleton, records = _inline_layout(model)
+    with open(path, "wb") as f:
+        f.write(skeleton)
+        for prefix, tensor in records:
+            f.write(prefix)
+            if tensor is not None:
+                if isinstance(tensor, ir.ExternalTensor):
+                    tensor = ir.Tensor(tensor.numpy())
+                raw = tensor.tobytes()
+                if len(raw) != tensor.nbytes:  # the record's framing was sized from nbytes
+                    raise ModelError(f"tensor of {tensor.nbytes} bytes serialised to {len(raw)} bytes")
+                f.write(raw)
+
+
+Record = tuple[bytes, "ir.TensorProtocol | None"]
+
+
+def _inline_layout(model: ir.Model) -> tuple[bytes, list[Record]]:
+    """The inline file as a serialised skeleton (the model without its main-graph initializers)
+    and one record per initializer: protobuf framing and header, then the tensor whose raw bytes
+    follow it (None when the framing already holds everything)."""
     graph = model.graph
     values = list(graph.initializers.values())
     sparse = _sparse_marked(model)
@@ -419,24 +454,20 @@ def _write_inline_streaming(model: ir.Model, path: Path) -> None:
     kept = [vi for vi in skeleton.graph.value_info if vi.name not in names]
     del skeleton.graph.value_info[:]
     skeleton.graph.value_info.extend(kept)
-    with open(path, "wb") as f:
-        f.write(skeleton.SerializeToString())
-        for value in values:
-            if value.const_value is not None:
-                _write_initializer_record(f, value, value.name in sparse)
+    records = [_initializer_record(v, v.name in sparse) for v in values if v.const_value is not None]
+    return skeleton.SerializeToString(), records
 
 
-#: Wire tags: GraphProto.initializer (5), GraphProto.sparse_initializer (15), TensorProto.raw_data (9).
+#: Wire tags: GraphProto.initializer (5), TensorProto.raw_data (9).
 _INIT_TAG = bytes([(5 << 3) | 2])
-_SPARSE_TAG = bytes([(15 << 3) | 2])
 _RAW_TAG = bytes([(9 << 3) | 2])
 
 
-def _write_initializer_record(f, value: ir.Value, as_sparse: bool) -> None:
+def _initializer_record(value: ir.Value, as_sparse: bool) -> Record:
     tensor = value.const_value
-    if isinstance(tensor, ir.ExternalTensor):
-        tensor = ir.Tensor(tensor.numpy(), name=value.name)
     if as_sparse or tensor.dtype == ir.DataType.STRING:
+        if isinstance(tensor, ir.ExternalTensor):
+            tensor = ir.Tensor(tensor.numpy(), name=value.name)
         record = onnx.GraphProto()
         proto = ir.serde.serialize_tensor(tensor)
         proto.name = value.name
@@ -445,17 +476,14 @@ def _write_initializer_record(f, value: ir.Value, as_sparse: bool) -> None:
         else:
             record.initializer.append(proto)
         payload = record.SerializeToString()
-        f.write(_GRAPH_TAG + _encode_varint(len(payload)) + payload)
-        return
-    # Header (name, type, dims) serialised by protobuf; the raw bytes written straight from
+        return _GRAPH_TAG + _encode_varint(len(payload)) + payload, None
+    # Header (name, type, dims) serialised by protobuf; the raw bytes are written straight from
     # the tensor, so the largest transient is one copy of one tensor.
     header = onnx.TensorProto(name=value.name, data_type=int(tensor.dtype), dims=list(tensor.shape))
     if tensor.doc_string:
         header.doc_string = tensor.doc_string
     head = header.SerializeToString()
-    raw = tensor.tobytes()
-    tensor_len = len(head) + len(_RAW_TAG) + len(_encode_varint(len(raw))) + len(raw)
+    raw_len = tensor.nbytes
+    tensor_len = len(head) + len(_RAW_TAG) + len(_encode_varint(raw_len)) + raw_len
     init = _INIT_TAG + _encode_varint(tensor_len)
-    f.write(_GRAPH_TAG + _encode_varint(len(init) + tensor_len) + init + head + _RAW_TAG + _encode_varint(len(raw)))
-    f.write(raw)
-
+    return _GRAPH_TAG + _encode_varint(len(init) + tensor_len) + init + head + _RAW_TAG + _encode_varint(raw_len), tensor

@@ -1,4 +1,4 @@
-"""A picture of the report: per pass, parameters, MACs and weight bytes relative to the input,
+"""A picture of the report: per pass, parameters, MACs and file size relative to the input,
 and the output cosine similarity — a self-contained SVG (no plotting dependency)."""
 
 from __future__ import annotations
@@ -7,7 +7,7 @@ from html import escape
 
 from .report import Report
 
-_COLORS = {"params": "#4e79a7", "MACs": "#f28e2b", "weights": "#59a14f"}
+_COLORS = {"params": "#4e79a7", "MACs": "#f28e2b", "file size": "#59a14f"}
 
 
 def report_svg(report: Report) -> str:
@@ -39,7 +39,7 @@ def report_svg(report: Report) -> str:
             [
                 ("params", stats.params if stats else None, before.params if before else None),
                 ("MACs", stats.macs if stats else None, before.macs if before else None),
-                ("weights", stats.weight_bytes if stats else None, before.weight_bytes if before else None),
+                ("file size", stats.file_bytes if stats else None, before.file_bytes if before else None),
             ]
         ):
             if now is None or not ref:

@@ -118,7 +118,7 @@ class Report:
             ("nodes", "right"),
             ("params", "right"),
             ("MACs", "right"),
-            ("weights", "right"),
+            ("size", "right"),
             ("sparsity", "right"),
             ("max |Δ|", "right"),
             ("cosine", "right"),
@@ -198,7 +198,7 @@ def _stat_cells(stats: ModelStats, prev: ModelStats | None) -> list[str]:
         f"{stats.nodes}",
         _human(stats.params) + _ratio(stats.params, prev.params if prev else None),
         macs + _ratio(stats.macs, prev.macs if prev else None),
-        _human(stats.weight_bytes) + "B",
+        _human(stats.file_bytes) + "B" + _ratio(stats.file_bytes, prev.file_bytes if prev else None),
         f"{100 * stats.sparsity:.1f}%",
     ]
 

@@ -10,6 +10,7 @@ import numpy as np
 import onnx_ir as ir
 
 from .constants import iter_nodes, model_constants
+from .model_io import inline_size
 from .shapes import ShapeInferenceError, concrete_shapes
 
 
@@ -23,6 +24,8 @@ class ModelStats:
     macs_unresolved: int
     weight_bytes: int
     zero_params: int
+    #: Size of the model file written inline (external data files are this minus the weights).
+    file_bytes: int
 
     @property
     def sparsity(self) -> float:
@@ -50,7 +53,7 @@ def compute(
         nbytes += c.nbytes
     macs, unresolved = count_macs(model, input_shapes or {}, sample)
     nodes = sum(1 for _ in iter_nodes(model))
-    return ModelStats(nodes, params, macs, unresolved, nbytes, zeros)
+    return ModelStats(nodes, params, macs, unresolved, nbytes, zeros, inline_size(model))
 
 
 def _prod(dims: Sequence[int | None]) -> int | None:

@@ -111,6 +111,8 @@ def test_main_job_writes_model_and_json_report(tmp_path, model, capsys):
     assert data["output_bytes"] == out.stat().st_size
     svg = plot.read_text()
     assert svg.startswith("<svg") and "cleanup" in svg and "params 1.000" in svg
+    # Reports are ordinary files like the model (mkstemp alone would leave them 0600).
+    assert report.stat().st_mode & 0o777 == plot.stat().st_mode & 0o777 == out.stat().st_mode & 0o777
 
 
 def test_dry_run_writes_nothing(tmp_path, model, capsys):

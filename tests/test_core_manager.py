@@ -251,3 +251,16 @@ def test_lossless_pass_after_lossy_pass_is_judged_on_its_own_step(mlp_path):
     assert exact.max_abs == lossy.max_abs  # the drift vs the original is carried, not blamed
     wrong = onnxslim.optimize(mlp_path, [LossyScale(factor=1.05), ScaleFirstWeight(factor=1.05)])
     assert wrong.report.passes[1].status == "rolled back"
+
+
+@pytest.mark.parametrize("name", ["mlp", "resnet", "if_model", "constant_node_convnet", "int8_weights", "sparse_initializer_model"])
+def test_reported_file_size_is_the_saved_size(name, tmp_path):
+    src = tmp_path / "in.onnx"
+    onnx.save(fx.BUILDERS[name](), src)
+    result = onnxslim.optimize(src, ["cleanup", "unstructured:sparsity=0.8", "sparsify:min_size=16"], validate=False)
+    out = tmp_path / "out.onnx"
+    result.save(out)
+    assert result.report.after.file_bytes == out.stat().st_size
+    unchanged = tmp_path / "unchanged.onnx"
+    model_io.save(model_io.load(src), unchanged)
+    assert result.report.before.file_bytes == unchanged.stat().st_size
