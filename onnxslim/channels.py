@@ -1152,11 +1152,17 @@ class ChannelAnalysis:
         for value, axes in self._axes.items():
             if value.shape is None or value.is_graph_input():
                 continue
+            # Only axes that lost channels are rewritten: symbolic dims elsewhere (and declared
+            # graph-output dims, which are frozen) stay as they were.
             dims = list(value.shape)
+            shrunk = False
             for axis, atoms in axes.items():
-                if axis < len(dims):
-                    dims[axis] = int(kept(atoms).sum())
-            value.shape = ir.Shape(dims)
+                count = int(kept(atoms).sum())
+                if axis < len(dims) and count != len(atoms):
+                    dims[axis] = count
+                    shrunk = True
+            if shrunk:
+                value.shape = ir.Shape(dims)
         shapes.refresh_shapes(self.model)  # strict: raises ShapeInferenceError on an inconsistent result
         return {"groups": groups_changed, "channels_removed": total}
 

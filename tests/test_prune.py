@@ -93,6 +93,7 @@ def test_fixture_prunes_and_stays_valid(name, ratio):
     onnx.shape_inference.infer_shapes(pruned, check_type=True, strict_mode=True, data_prop=True)
     before, after = run(proto, feeds), run(model, feeds)
     assert {k: v.shape for k, v in after.items()} == {k: v.shape for k, v in before.items()}
+    assert [(o.name, o.type) for o in pruned.graph.output] == [(o.name, o.type) for o in proto.graph.output]
 
     details = result.details
     # per group: floor(size * ratio) channels go
@@ -110,6 +111,19 @@ def test_fixture_prunes_and_stays_valid(name, ratio):
     params_after = sum(int(np.prod(t.dims)) for t in tensors if t.data_type == onnx.TensorProto.FLOAT)
     if name != "int8_weights":  # INT8 storage is counted as its dequantized view by the pass
         assert params_after == details["predicted"]["params_after"]
+
+
+def test_declared_output_dims_are_kept_symbolic():
+    """Real exports declare outputs with symbolic dims (MiniLM: [Concat461_dim_0, Concat461_dim_1]);
+    pruning other groups must not turn them into numbers."""
+    proto = fx.bert_block()
+    for out in proto.graph.output:
+        out.type.tensor_type.shape.dim[-1].Clear()
+        out.type.tensor_type.shape.dim[-1].dim_param = "hidden"
+    model = model_io.load(proto)
+    assert Prune(ratio=0.3).run(model, PassContext()).modified
+    pruned = model_io.to_proto(model)
+    assert [(o.name, o.type) for o in pruned.graph.output] == [(o.name, o.type) for o in proto.graph.output]
 
 
 def test_bert_macs_prediction_at_its_sequence_length():
