@@ -28,6 +28,10 @@ DEFAULT_BATCH = 1
 DEFAULT_INT_HIGH = 10
 
 
+class DefaultedDimsWarning(UserWarning):
+    """Dynamic input dims were given default sizes (the model may not run at them)."""
+
+
 def model_inputs(model: ir.Model) -> list[ir.Value]:
     """Graph inputs that need feeding (inputs that are also initializers are optional)."""
     return [v for v in model.graph.inputs if not (v.is_initializer() and v.const_value is not None)]
@@ -98,6 +102,7 @@ def resolve_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None) 
     if defaulted:
         warnings.warn(
             f"dynamic input dims defaulted ({', '.join(defaulted)}); set them with --input-shape",
+            DefaultedDimsWarning,
             stacklevel=2,
         )
     return resolved

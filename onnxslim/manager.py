@@ -26,7 +26,7 @@ import onnx_ir as ir
 from . import model_io, registry, runtime, shapes, stats, validation
 from .calibration import Calibration
 from .errors import ModelError, OnnxSlimError, PassFailedError, UsageError
-from .inputs import InputConfig, Sample
+from .inputs import DefaultedDimsWarning, InputConfig, Sample
 from .pass_api import Pass, PassContext, PassResult
 from .report import APPLIED, FAILED, NO_CHANGE, ROLLED_BACK, SKIPPED, PassReport, Report
 from .validation import Tolerance
@@ -128,7 +128,11 @@ def optimize(
         try:
             reference = validation.run_model(current, feeds)
         except ModelError as exc:
-            raise ModelError(f"{exc} (the original model; use --no-validate to skip validation)") from exc
+            if any(issubclass(w.category, DefaultedDimsWarning) for w in caught):
+                hint = "dynamic input dims were defaulted: set them with --input-shape, give --inputs, or --no-validate"
+            else:
+                hint = "use --no-validate to skip validation"
+            raise ModelError(f"{exc} (the original model; {hint})") from exc
 
     # Strict shape inference catches stale or wrong shapes a pass leaves behind; it is only a
     # criterion when the original model passes it (custom domains, for one, do not).
@@ -136,7 +140,7 @@ def optimize(
     # Outputs of the model as it stands before each pass: a lossless pass must reproduce these
     # (not the original's, which an earlier lossy pass has legitimately moved away from).
     previous = reference
-    ctx = PassContext(calibration=calib, progress=console.progress, seed=seed)
+    ctx = PassContext(calibration=calib, progress=console.progress, seed=seed, input_shapes=shape_map)
     for index, p in enumerate(pipeline, 1):
         console.step(f"[{index}/{len(pipeline)}] {p.name}")
         row = PassReport(p.name, p.lossless, NO_CHANGE, options=dataclasses.asdict(p.options))

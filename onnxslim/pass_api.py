@@ -53,6 +53,9 @@ class PassContext:
     progress: Progress = _no_progress
     #: Seed for passes with randomness (``random`` criteria).
     seed: int = 0
+    #: Concrete input shapes the model is validated at (``--input-shape`` or the validation
+    #: data's); passes that predict MACs use them. Empty when unknown.
+    input_shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
 
 class Pass:

@@ -181,3 +181,26 @@ def _env(extra_path):
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [extra_path, env.get("PYTHONPATH", "")]))
     return env
+
+
+def test_model_that_cannot_run_at_defaulted_dims_says_how_to_fix_it(tmp_path, capfd):
+    """Silero VAD fails in onnxruntime at the default 64 samples: the error must name --input-shape,
+    in one line (capfd: onnxruntime's own C++ log records would show there too)."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    weight = numpy_helper.from_array(np.ones((1, 1, 100), np.float32), "w")
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "w"], ["y"])],
+        "long_kernel",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 1, "samples"])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+        [weight],
+    )
+    src = tmp_path / "in.onnx"
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9), src)
+    out = tmp_path / "out.onnx"
+    code, _, err = _cli([src, out], capfd)
+    assert code == 1 and not out.exists()
+    assert len(err.strip().splitlines()) == 1 and "--input-shape" in err
+    code, _, _ = _cli([src, out, "--input-shape", "x=1x1x512"], capfd)
+    assert code == 0 and out.exists()
