@@ -644,14 +644,10 @@ def absorb_constant_features(node: ir.Node, features: np.ndarray, values: np.nda
     if node.op_type == "Conv":
         contrib = np.einsum("f,fo->o", values, weight.reshape(len(features), weight.shape[1], -1).sum(axis=2))
         _add_to_input(node, 2, contrib, editor)
-    elif node.op_type == "Gemm":
+    elif node.op_type == "Gemm":  # Y = alpha*A@B + beta*C  ->  C' = beta*C + alpha*contrib, beta = 1
         contrib = values @ weight * np.float32(_attr(node, "alpha", 1.0))
-        beta = np.float32(_attr(node, "beta", 1.0))
-        if len(node.inputs) > 2 and node.inputs[2] is not None:
-            _add_to_input(node, 2, contrib / beta, editor)
-        else:
-            node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
-            _add_to_input(node, 2, contrib, editor)
+        _add_to_input(node, 2, contrib, editor, scale=_attr(node, "beta", 1.0))
+        node.attributes["beta"] = ir.AttrFloat32("beta", 1.0)
     else:  # MatMul: into the bias Add that follows, or a new one
         contrib = values @ weight
         bias_add = _matmul_bias(node)
@@ -678,14 +674,17 @@ def _matmul_bias(node: ir.Node) -> tuple[ir.Node, int] | None:
     return add, index
 
 
-def _add_to_input(node: ir.Node, index: int, contrib: np.ndarray, editor: Editor) -> None:
-    """``node.inputs[index] += contrib`` on a constant input (created if missing, copied if shared)."""
+def _add_to_input(node: ir.Node, index: int, contrib: np.ndarray, editor: Editor, scale: float = 1.0) -> None:
+    """``node.inputs[index] = scale * node.inputs[index] + contrib`` on a constant input (created
+    if missing, copied if shared). ``scale`` 0 drops the old values (inf/NaN included)."""
     value = node.inputs[index] if len(node.inputs) > index else None
     if value is None:
         array = contrib.astype(_output_dtype(node))
     else:
         current = constant(value)
         old = current.numpy()
+        if scale != 1:
+            old = np.zeros_like(old) if scale == 0 else old * old.dtype.type(scale)
         array = (old + contrib).astype(old.dtype)
         if array.shape != old.shape and old.size == 1:
             array = array.reshape(-1)

@@ -510,3 +510,54 @@ def test_eps_makes_the_pass_lossy():
     assert Zeros().lossless is True
     assert Zeros(eps=1e-3).lossless is False
     assert Zeros.lossless is True  # what `onnxslim passes` lists: the default is exact
+
+
+# --------------------------------------------------------------------------- small graphs
+
+
+def _graph_model(
+    nodes, weights: dict[str, np.ndarray], inputs: dict[str, list], outputs: dict[str, list]
+) -> onnx.ModelProto:
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s) for n, s in inputs.items()],
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, s) for n, s in outputs.items()],
+        [numpy_helper.from_array(v, k) for k, v in weights.items()],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model
+
+
+def _w(rng: np.random.Generator, *shape: int) -> np.ndarray:
+    return (rng.standard_normal(shape) * 0.5).astype(np.float32)
+
+
+@pytest.mark.parametrize(
+    "alpha, beta, with_c", [(1.0, 1.0, True), (0.5, 2.0, True), (1.0, 0.0, True), (3.0, 0.0, False), (2.0, 0.25, True)]
+)
+def test_gemm_consumer_alpha_beta_absorbs_the_constant_exactly(alpha, beta, with_c):
+    """fc1 neurons 2 and 4 have zero weights and a positive bias: relu(bias) folds into fc2,
+    whose C is scaled by beta (beta 0: C is ignored) and whose product by alpha."""
+    rng = np.random.default_rng(11)
+    w1, b1 = _w(rng, 6, 4), _w(rng, 6)
+    w1[[2, 4]] = 0
+    b1[[2, 4]] = [1.5, 0.7]
+    weights = {"w1": w1, "b1": b1, "w2": _w(rng, 3, 6)}
+    if with_c:
+        weights["c2"] = _w(rng, 3)
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node(
+            "Gemm", ["r", "w2"] + (["c2"] if with_c else []), ["y"], name="fc2", transB=1, alpha=alpha, beta=beta
+        ),
+    ]
+    proto = _graph_model(nodes, weights, {"x": ["N", 4]}, {"y": ["N", 3]})
+    shapes = {"w1": (4, 4), "b1": (4,), "w2": (3, 4)}
+    if with_c:
+        shapes["c2"] = (3,)
+    check_channel_removal(
+        proto, proto, fx.random_inputs(proto, seed=1, batch=5), removed=2, shapes=shapes, added=0 if with_c else 3
+    )
