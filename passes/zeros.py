@@ -278,6 +278,8 @@ class KnownValues:
             if hi is not None:
                 x = np.minimum(x, hi)
             return x
+        if op == "Concat":  # any input may carry the knowledge
+            return self._concat(node, ins)
         if ins[0] is None:
             return None
         if op in _KEEPS_CONSTANT:
@@ -290,8 +292,6 @@ class KnownValues:
             return ins[0] if mode in ("nearest", "linear") else _zeros_only(ins[0])
         if op == "Flatten":
             return self._flatten(node, ins[0])
-        if op == "Concat":
-            return self._concat(node, ins)
         if op == "Reshape":
             return self._reshape(node, ins[0])
         return None

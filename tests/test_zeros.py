@@ -561,3 +561,24 @@ def test_gemm_consumer_alpha_beta_absorbs_the_constant_exactly(alpha, beta, with
     check_channel_removal(
         proto, proto, fx.random_inputs(proto, seed=1, batch=5), removed=2, shapes=shapes, added=0 if with_c else 3
     )
+
+
+def test_concat_with_a_live_first_input_keeps_the_known_channels():
+    """Concat([live, b]) -> 1x1 conv: b's filters 0 and 2 are zero, relu(bias) folds into the conv."""
+    rng = np.random.default_rng(12)
+    wb, bb = _w(rng, 4, 3, 3, 3), _w(rng, 4)
+    wb[[0, 2]] = 0
+    bb[[0, 2]] = [0.8, -1.0]
+    nodes = [
+        helper.make_node("Conv", ["x", "wa", "ba"], ["a"], name="conv_a", pads=[1] * 4),
+        helper.make_node("Relu", ["a"], ["ar"], name="relu_a"),
+        helper.make_node("Conv", ["x", "wb", "bb"], ["b"], name="conv_b", pads=[1] * 4),
+        helper.make_node("Relu", ["b"], ["br"], name="relu_b"),
+        helper.make_node("Concat", ["ar", "br"], ["cat"], name="cat", axis=1),
+        helper.make_node("Conv", ["cat", "wo", "bo"], ["y"], name="conv_out"),
+    ]
+    weights = {"wa": _w(rng, 4, 3, 3, 3), "ba": _w(rng, 4), "wb": wb, "bb": bb}
+    weights |= {"wo": _w(rng, 5, 8, 1, 1), "bo": _w(rng, 5)}
+    proto = _graph_model(nodes, weights, {"x": ["N", 3, 8, 8]}, {"y": ["N", 5, 8, 8]})
+    shapes = {"wb": (2, 3, 3, 3), "bb": (2,), "wo": (5, 6, 1, 1)}
+    check_channel_removal(proto, proto, fx.random_inputs(proto, seed=2), removed=2, shapes=shapes)
