@@ -8,7 +8,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .stats import ModelStats
+from .stats import ModelStats, human
 from .validation import OutputMetrics
 
 APPLIED = "applied"
@@ -150,6 +150,13 @@ class Report:
 
         console = Console(width=width, record=True, file=_Null())
         console.print(self.table())
+        before, after = self.before, self.after
+        if before is not None and before.macs_symbolic:
+            shapes = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in self.input_shapes.items())
+            line = f"  MACs by dynamic dims: {before.macs_symbolic}"
+            if after is not None and after is not before and after.macs_symbolic:
+                line += f" → {after.macs_symbolic}"
+            console.print(line + (f" (the table counts at {shapes})" if shapes else ""))
         for row in self.passes:
             for note in row.notes[:20]:
                 console.print(f"  {row.name}: {_escape(note)}")
@@ -178,14 +185,6 @@ def _fmt_err(value: float | None) -> str:
     return f"{value:.2e}" if value else "0"
 
 
-def _human(n: float) -> str:
-    for unit in ("", "K", "M", "G", "T"):
-        if abs(n) < 1000:
-            return f"{n:.4g}{unit}"
-        n /= 1000
-    return f"{n:.4g}P"
-
-
 def _ratio(now: float | None, before: float | None) -> str:
     if now is None or not before or now == before:
         return ""
@@ -193,12 +192,12 @@ def _ratio(now: float | None, before: float | None) -> str:
 
 
 def _stat_cells(stats: ModelStats, prev: ModelStats | None) -> list[str]:
-    macs = "?" if stats.macs is None else _human(stats.macs) + ("+?" if stats.macs_unresolved else "")
+    macs = "?" if stats.macs is None else human(stats.macs) + ("+?" if stats.macs_unresolved else "")
     return [
         f"{stats.nodes}",
-        _human(stats.params) + _ratio(stats.params, prev.params if prev else None),
+        human(stats.params) + _ratio(stats.params, prev.params if prev else None),
         macs + _ratio(stats.macs, prev.macs if prev else None),
-        _human(stats.file_bytes) + "B" + _ratio(stats.file_bytes, prev.file_bytes if prev else None),
+        human(stats.file_bytes) + "B" + _ratio(stats.file_bytes, prev.file_bytes if prev else None),
         f"{100 * stats.sparsity:.1f}%",
     ]
 

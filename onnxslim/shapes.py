@@ -134,16 +134,26 @@ def merge_shapes(model: ir.Model, proto: onnx.ModelProto) -> None:
                 out.shape = ir.Shape(dims)
 
 
-def concrete_shapes(model: ir.Model, input_shapes: Mapping[str, Sequence[int]]) -> dict[str, tuple]:
-    """Every inferable value's shape at the given input shapes (non-strict; for statistics)."""
+def concrete_shapes(
+    model: ir.Model, input_shapes: Mapping[str, Sequence[int]], *, symbolic: bool = False
+) -> dict[str, tuple]:
+    """Every inferable value's shape at the given input shapes (non-strict; for statistics).
+
+    Unknown dims are None, or with ``symbolic`` their ``dim_param`` name where inference kept one.
+    """
     proto = infer(model, input_shapes, strict=False)
     shapes: dict[str, tuple] = {}
+
+    def dim(d: onnx.TensorShapeProto.Dimension) -> int | str | None:
+        if d.HasField("dim_value"):
+            return d.dim_value
+        return (d.dim_param or None) if symbolic else None
 
     def collect(graph: onnx.GraphProto) -> None:
         for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
             tt = vi.type.tensor_type
             if tt.HasField("shape"):
-                shapes[vi.name] = tuple(d.dim_value if d.HasField("dim_value") else None for d in tt.shape.dim)
+                shapes[vi.name] = tuple(dim(d) for d in tt.shape.dim)
         for init in graph.initializer:
             shapes[init.name] = tuple(init.dims)
         for node in graph.node:

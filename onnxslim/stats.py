@@ -26,6 +26,9 @@ class ModelStats:
     zero_params: int
     #: Size of the model file written inline (external data files are this minus the weights).
     file_bytes: int
+    #: MACs as a polynomial in the model's dynamic input dims (e.g. ``"1.18M·N·S + 8.19K·N·S²"``),
+    #: for models with dynamic inputs whose MAC ops inference resolves; else None.
+    macs_symbolic: str | None = None
 
     @property
     def sparsity(self) -> float:
@@ -53,7 +56,90 @@ def compute(
         nbytes += c.nbytes
     macs, unresolved = count_macs(model, input_shapes or {}, sample)
     nodes = sum(1 for _ in iter_nodes(model))
-    return ModelStats(nodes, params, macs, unresolved, nbytes, zeros, inline_size(model))
+    return ModelStats(nodes, params, macs, unresolved, nbytes, zeros, inline_size(model), symbolic_macs(model))
+
+
+def human(n: float) -> str:
+    """A count with four significant digits and a K/M/G/T suffix."""
+    for unit in ("", "K", "M", "G", "T"):
+        if abs(n) < 1000:
+            return f"{n:.4g}{unit}"
+        n /= 1000
+    return f"{n:.4g}P"
+
+
+class Polynomial:
+    """A polynomial in named dims with integer coefficients: MAC counts of dynamic models."""
+
+    __slots__ = ("terms",)
+
+    def __init__(self, terms: Mapping[tuple[str, ...], int]):
+        #: sorted symbol tuple (a symbol repeated for powers) -> coefficient
+        self.terms = {k: v for k, v in terms.items() if v}
+
+    @classmethod
+    def of(cls, dim: int | str) -> Polynomial:
+        return cls({(): dim}) if isinstance(dim, int) else cls({(dim,): 1})
+
+    def __mul__(self, other: Polynomial | int) -> Polynomial:
+        other = other if isinstance(other, Polynomial) else Polynomial.of(other)
+        out: dict[tuple[str, ...], int] = {}
+        for a, x in self.terms.items():
+            for b, y in other.terms.items():
+                key = tuple(sorted(a + b))
+                out[key] = out.get(key, 0) + x * y
+        return Polynomial(out)
+
+    __rmul__ = __mul__
+
+    def __add__(self, other: Polynomial | int) -> Polynomial:
+        other = other if isinstance(other, Polynomial) else Polynomial.of(other)
+        out = dict(self.terms)
+        for k, v in other.terms.items():
+            out[k] = out.get(k, 0) + v
+        return Polynomial(out)
+
+    __radd__ = __add__
+
+    def __str__(self) -> str:
+        def monomial(symbols: tuple[str, ...]) -> str:
+            powers = {s: symbols.count(s) for s in dict.fromkeys(symbols)}
+            return "·".join(s + ("" if p == 1 else _SUPERSCRIPT[p] if p < 10 else f"^{p}") for s, p in powers.items())
+
+        parts = []
+        for symbols in sorted(self.terms, key=lambda k: (-len(k), k)):
+            coeff = self.terms[symbols]
+            parts.append(human(coeff) if not symbols else monomial(symbols) if coeff == 1 else f"{human(coeff)}·{monomial(symbols)}")
+        return " + ".join(parts) or "0"
+
+
+_SUPERSCRIPT = dict(zip(range(10), "⁰¹²³⁴⁵⁶⁷⁸⁹"))
+
+
+def symbolic_macs(model: ir.Model) -> str | None:
+    """MACs as a polynomial in the graph inputs' named dynamic dims; None for static models or
+    when a MAC op's shape depends on dims inference cannot name."""
+    symbols = {d for v in model.graph.inputs if v.shape is not None for d in v.shape if isinstance(d, ir.SymbolicDim) and d.value}
+    symbols = {d.value for d in symbols}
+    if not symbols:
+        return None
+    try:
+        inferred = concrete_shapes(model, {}, symbolic=True)
+    except ShapeInferenceError:
+        return None
+    shapes = {
+        name: tuple(Polynomial.of(d) if isinstance(d, int) or d in symbols else None for d in dims)
+        for name, dims in inferred.items()
+    }
+    total = Polynomial({})
+    for node in iter_nodes(model):
+        if node.op_type not in _MAC_OPS:
+            continue
+        macs = _node_macs(node, shapes)
+        if macs is None:
+            return None
+        total = total + macs
+    return str(total)
 
 
 def _prod(dims: Sequence[int | None]) -> int | None:

@@ -264,3 +264,36 @@ def test_reported_file_size_is_the_saved_size(name, tmp_path):
     unchanged = tmp_path / "unchanged.onnx"
     model_io.save(model_io.load(src), unchanged)
     assert result.report.before.file_bytes == unchanged.stat().st_size
+
+
+def test_macs_as_a_polynomial_of_dynamic_dims(tmp_path):
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxslim import stats
+
+    w = numpy_helper.from_array(np.ones((16, 32), np.float32), "w")
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["x", "w"], ["y"]),  # N·S·16·32
+            helper.make_node("Transpose", ["y"], ["yt"], perm=[0, 2, 1]),
+            helper.make_node("MatMul", ["y", "yt"], ["scores"]),  # N·S·S·32
+        ],
+        "attention_like",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["N", "S", 16])],
+        [helper.make_tensor_value_info("scores", TensorProto.FLOAT, ["N", "S", "S"])],
+        [w],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    assert stats.symbolic_macs(model_io.load(proto)) == "32·N·S² + 512·N·S"
+    src = tmp_path / "in.onnx"
+    onnx.save(proto, src)
+    report = onnxslim.optimize(src, input_shapes={"x": [2, 5, 16]}).report
+    assert report.before.macs == 2 * 5 * 16 * 32 + 2 * 5 * 5 * 32
+    assert report.before.macs_symbolic == "32·N·S² + 512·N·S"
+    assert "MACs by dynamic dims: 32·N·S² + 512·N·S" in report.render()
+    static = onnx.ModelProto()
+    static.CopyFrom(proto)
+    for dim, size in zip(static.graph.input[0].type.tensor_type.shape.dim, (2, 5, 16)):
+        dim.Clear()
+        dim.dim_value = size
+    assert stats.symbolic_macs(model_io.load(static)) is None
