@@ -223,8 +223,9 @@ def _densify_sparse_initializers(proto: onnx.ModelProto) -> set[str]:
 
 def _dense_to_coo(tensor: onnx.TensorProto) -> onnx.SparseTensorProto:
     array = onnx.numpy_helper.to_array(tensor)
-    flat = array.reshape(-1)
-    idx = np.flatnonzero(flat).astype(np.int64)  # sorted, as the standard requires
+    flat = np.ascontiguousarray(array).reshape(-1)
+    # Entries with any bit set, sorted as the standard requires: an explicit -0.0 is kept.
+    idx = np.flatnonzero(flat.view(np.uint8).reshape(flat.size, flat.dtype.itemsize).any(axis=1)).astype(np.int64)
     values = onnx.numpy_helper.from_array(flat[idx], name=tensor.name)
     indices = onnx.numpy_helper.from_array(idx, name=f"{tensor.name}_indices")
     return onnx.helper.make_sparse_tensor(values, indices, list(array.shape))

@@ -332,6 +332,18 @@ def test_existing_sparse_initializers_are_preserved_by_sparsify_and_densified_on
     assert all(got[k].tobytes() == ref[k].tobytes() for k in ref)
 
 
+def test_explicit_negative_zero_in_an_input_coo_survives_a_re_save():
+    proto = fx.sparse_initializer_model()
+    sparse = proto.graph.sparse_initializer[0]
+    values = numpy_helper.to_array(sparse.values).copy()
+    values[3] = -0.0  # an explicit entry holding -0.0: kept by bit pattern, not dropped by value
+    sparse.values.CopyFrom(numpy_helper.from_array(values, sparse.values.name))
+    out, _ = _sparsify(proto, format="coo")
+    again = out.graph.sparse_initializer[0]
+    assert numpy_helper.to_array(again.indices).tolist() == numpy_helper.to_array(sparse.indices).tolist()
+    assert numpy_helper.to_array(again.values).tobytes() == values.tobytes()
+
+
 # --------------------------------------------------------------------------- no-ops, options
 
 
