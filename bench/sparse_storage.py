@@ -14,13 +14,18 @@ from __future__ import annotations
 
 import argparse
 import statistics
+import sys
 import time
 import zlib
+from pathlib import Path
 
 import numpy as np
 import onnx
 import onnxruntime as ort
 from onnx import helper, numpy_helper
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from onnxslim.passes.sparsify import Sparsify
 from onnxslim.passes.unstructured import Unstructured
 

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -418,6 +420,15 @@ def test_cli_unstructured_then_sparsify_then_densify(tmp_path):
     feeds = fx.random_inputs(restored, seed=0)
     ref, got = _outputs(onnx.load(str(sparse)), feeds, "default"), _outputs(restored, feeds, "default")
     assert all(got[k].tobytes() == ref[k].tobytes() for k in ref)
+
+
+def test_storage_benchmark_runs_as_documented_from_the_repository_root():
+    root = Path(__file__).resolve().parents[1]
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    done = subprocess.run(
+        [sys.executable, "bench/sparse_storage.py", "--help"], cwd=root, env=env, capture_output=True, text=True
+    )
+    assert done.returncode == 0, done.stderr
 
 
 @pytest.mark.skipif(not (CORPUS / "rapidocr_ppocrv4_det.onnx").exists(), reason="corpus model not downloaded")
