@@ -181,3 +181,53 @@ def test_inline_weights_load_lazily_and_in_place_save_stays_valid(tmp_path):
     feeds = fx.random_inputs(proto)
     for a, b in zip(_run(proto.SerializeToString(), feeds), _run(str(tmp_path / "again.onnx"), feeds)):
         np.testing.assert_array_equal(a, b)
+
+
+def test_functions_value_info_and_doc_strings_are_kept(tmp_path):
+    """Model-local functions (a custom domain), value_info and doc strings survive the pipeline,
+    also through passes that rewrite weights."""
+    from onnx import TensorProto, helper
+
+    proto = fx.mlp()
+    g = proto.graph
+    fn = helper.make_function(
+        "local.fx",
+        "ScaledRelu",
+        ["x"],
+        ["y"],
+        [
+            helper.make_node("Constant", [], ["two"], value=helper.make_tensor("two", TensorProto.FLOAT, [], [2.0])),
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("Mul", ["r", "two"], ["y"]),
+        ],
+        [helper.make_opsetid("", 17)],
+        doc_string="relu times two",
+    )
+    proto.functions.append(fn)
+    proto.opset_import.append(helper.make_opsetid("local.fx", 1))
+    out_name = g.output[0].name
+    g.node[-1].output[0] = out_name + "_pre"
+    g.node.append(helper.make_node("ScaledRelu", [out_name + "_pre"], [out_name], domain="local.fx", name="scaled"))
+    g.node[0].doc_string = "first layer"
+    g.value_info.append(helper.make_tensor_value_info(out_name + "_pre", TensorProto.FLOAT, ["N", 10]))
+    g.doc_string = "graph doc"
+    onnx.checker.check_model(proto)
+    src = tmp_path / "in.onnx"
+    onnx.save(proto, src)
+    for passes in ("cleanup", "prune:ratio=0.3,cleanup"):
+        result = onnxslim.optimize(src, passes)
+        assert all(r.status in ("applied", "no change") for r in result.report.passes), result.report.render()
+        out = tmp_path / "out.onnx"
+        result.save(out)
+        saved = onnx.load(out)
+        assert [f.SerializeToString() for f in saved.functions] == [fn.SerializeToString()]
+        assert ("local.fx", 1) in {(o.domain, o.version) for o in saved.opset_import}
+        assert saved.graph.doc_string == "graph doc"
+        assert next(n for n in saved.graph.node if n.name == g.node[0].name).doc_string == "first layer"
+        assert any(vi.name == out_name + "_pre" for vi in saved.graph.value_info)
+        assert result.report.final_checks == {"onnx_checker": "ok", "onnxruntime_default_level": "ok"}
+    feeds = fx.random_inputs(proto, seed=1)
+    result = onnxslim.optimize(src)
+    result.save(out)
+    for a, b in zip(_run(str(src), feeds), _run(str(out), feeds)):
+        np.testing.assert_array_equal(a, b)
