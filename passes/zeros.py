@@ -219,8 +219,10 @@ class KnownValues:
         if c is None or not c.dtype.is_floating_point():
             return None
         array = c.numpy()
-        if array.size > (1 << 16):  # large weights never act as data; skip the copy
-            return None
+        if array.size > (1 << 16):  # no full copy of a large constant: only 'all zero' is kept
+            if np.any(array):
+                return None
+            array = np.zeros((), np.float32)  # broadcasts to the tensor, right-aligned
         known = array.astype(np.float32, copy=False)
         self.known[value] = known
         self.constants.add(value)
@@ -247,7 +249,8 @@ class KnownValues:
 
     def _evaluate(self, node: ir.Node) -> Known | None:
         op = node.op_type
-        ins = [self._input(v) for v in node.inputs]
+        # layer weights are read by the handlers themselves, never as known values
+        ins = [None if i == 1 and op in _LAYERS else self._input(v) for i, v in enumerate(node.inputs)]
         if op in ("Conv", "ConvTranspose"):
             return self._conv(node, ins)
         if op in ("Gemm", "MatMul"):

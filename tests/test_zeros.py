@@ -582,3 +582,21 @@ def test_concat_with_a_live_first_input_keeps_the_known_channels():
     proto = _graph_model(nodes, weights, {"x": ["N", 3, 8, 8]}, {"y": ["N", 5, 8, 8]})
     shapes = {"wb": (2, 3, 3, 3), "bb": (2,), "wo": (5, 6, 1, 1)}
     check_channel_removal(proto, proto, fx.random_inputs(proto, seed=2), removed=2, shapes=shapes)
+
+
+def test_mul_by_a_large_all_zero_constant_removes_the_branch():
+    """y = x + Conv(x) * zeros(1, 8, 96, 96): the constant has 73,728 elements (above the size
+    up to which known values are held in full), all zero, so the branch goes."""
+    rng = np.random.default_rng(13)
+    nodes = [
+        helper.make_node("Conv", ["x", "w"], ["c"], name="conv", pads=[1] * 4),
+        helper.make_node("Mul", ["c", "zero"], ["m"], name="mul_zero"),
+        helper.make_node("Add", ["x", "m"], ["y"], name="add"),
+    ]
+    weights = {"w": _w(rng, 8, 8, 3, 3), "zero": np.zeros((1, 8, 96, 96), np.float32)}
+    proto = _graph_model(nodes, weights, {"x": [1, 8, 96, 96]}, {"y": [1, 8, 96, 96]})
+    out, result = apply(proto)
+    assert result.details["branch_edits"] == 1
+    assert_same_outputs(proto, out, fx.random_inputs(proto, seed=3))
+    assert_well_formed(proto, out)
+    assert [n.op_type for n in out.graph.node] == ["Identity"] and not out.graph.initializer
