@@ -124,22 +124,24 @@ def run(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
-    if output is not None and not args.dry_run:
-        result.save(output, external_data=True if args.external_data else None, in_place=args.in_place)
-    if args.report:
-        result.report.write_json(Path(args.report))
-    if args.plot:
-        from .model_io import write_text_atomic
-        from .plot import report_svg
+    try:
+        if output is not None and not args.dry_run:
+            result.save(output, external_data=True if args.external_data else None, in_place=args.in_place)
+    finally:  # a pipeline reads the report also when the result was refused
+        if args.report:
+            result.report.write_json(Path(args.report))
+        if args.plot:
+            from .model_io import write_text_atomic
+            from .plot import report_svg
 
-        write_text_atomic(Path(args.plot), report_svg(result.report))
+            write_text_atomic(Path(args.plot), report_svg(result.report))
     if not args.quiet:
         print(result.report.render(), end="")
         if result.report.output:
             print(f"wrote {result.report.output} ({result.report.output_bytes} bytes)")
     failed = [c for c, v in result.report.final_checks.items() if v != "ok"]
     if failed:
-        print(f"onnxslim: warning: final check failed: {', '.join(failed)}", file=sys.stderr)
+        print(f"onnxslim: warning: final check failed (the input model fails it too): {', '.join(failed)}", file=sys.stderr)
     return 0
 
 

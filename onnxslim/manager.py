@@ -43,10 +43,15 @@ class OptimizeResult:
     source: Path | None = None
 
     def save(self, path: str | os.PathLike, *, external_data: bool | None = None, in_place: bool = False) -> list[Path]:
-        """Write the result atomically; refuse to overwrite the input unless ``in_place``."""
+        """Write the result atomically; refuse to overwrite the input unless ``in_place``, and
+        refuse a result that fails a final check the input model passes."""
         path = Path(path)
         if self.source is not None and not in_place and _same_file(path, self.source):
             raise UsageError(f"{path}: refusing to overwrite the input model (use --in-place)")
+        broken = self.report.broken_checks
+        if broken:
+            detail = "; ".join(f"{k} {self.report.final_checks[k]}" for k in broken)
+            raise PassFailedError(f"the optimized model fails a check the input model passes ({detail}); nothing written")
         target = self.model if self.model is not None else self.proto
         files = model_io.save(target, path, external_data=external_data)
         self.report.output = str(path)
@@ -180,6 +185,9 @@ def optimize(
 
     if final_check:
         report.final_checks = _final_checks(current)
+        if any(v != "ok" for v in report.final_checks.values()) and not isinstance(model, ir.Model):
+            # Only a check the input model passes is this run's fault: look at a fresh copy.
+            report.input_checks = _final_checks(model_io.load_document(model).model)
     return OptimizeResult(current, report, None, source)
 
 

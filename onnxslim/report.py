@@ -73,9 +73,16 @@ class Report:
     samples: int = 0
     validated: bool = True
     final_checks: dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: The same checks on the input model, run only when a final check fails.
+    input_checks: dict[str, Any] = dataclasses.field(default_factory=dict)
     output: str | None = None
     output_bytes: int | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
+
+    @property
+    def broken_checks(self) -> list[str]:
+        """Final checks the result fails although the input model passes them (or is unknown)."""
+        return [k for k, v in self.final_checks.items() if v != "ok" and self.input_checks.get(k, "ok") == "ok"]
 
     @property
     def after(self) -> ModelStats | None:
@@ -96,6 +103,7 @@ class Report:
             "after": self.after.to_dict() if self.after else None,
             "passes": [p.to_dict() for p in self.passes],
             "final_checks": _jsonable(self.final_checks),
+            "input_checks": _jsonable(self.input_checks),
             "warnings": list(self.warnings),
         }
 

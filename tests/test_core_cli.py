@@ -204,3 +204,35 @@ def test_model_that_cannot_run_at_defaulted_dims_says_how_to_fix_it(tmp_path, ca
     assert len(err.strip().splitlines()) == 1 and "--input-shape" in err
     code, _, _ = _cli([src, out, "--input-shape", "x=1x1x512"], capfd)
     assert code == 0 and out.exists()
+
+
+def test_result_failing_a_check_the_input_passes_is_not_written(tmp_path, model, capsys, monkeypatch):
+    from onnxslim import manager, registry
+    from onnxslim.pass_api import Pass, PassResult
+
+    class MarksBroken(Pass):
+        name = "test-marks-broken"
+        summary = "tags the model so the fake final check fails it (test only)"
+        lossless = True
+
+        def run(self, model, ctx):
+            model.metadata_props["broken"] = "yes"
+            return PassResult(True, "tagged")
+
+    registry.register(MarksBroken)
+    real = manager._final_checks
+
+    def fake(m):
+        checks = real(m)
+        if "broken" in m.metadata_props:
+            checks["onnxruntime_default_level"] = "failed: simulated"
+        return checks
+
+    monkeypatch.setattr(manager, "_final_checks", fake)
+    out, report = tmp_path / "out.onnx", tmp_path / "r.json"
+    code, _, err = _cli([model, out, "--passes", "test-marks-broken", "--report", report], capsys)
+    assert code == 1 and not out.exists()
+    assert "fails a check the input model passes" in err and len(err.strip().splitlines()) == 1
+    data = json.loads(report.read_text())
+    assert data["final_checks"]["onnxruntime_default_level"] == "failed: simulated"
+    assert data["input_checks"] == {"onnx_checker": "ok", "onnxruntime_default_level": "ok"}
