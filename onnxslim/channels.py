@@ -7,8 +7,9 @@ position holds. Ops relate atoms:
 
 * pass-through ops (BatchNormalization, activations, pools, Resize, Cast, ...) keep them;
 * element-wise ops on two computed tensors (residual Add/Mul/Sub) *couple* them (union);
-* Concat/Split/Slice offset them; Flatten/Reshape repeat them (C×H×W → features); a Reshape that
-  splits features into [heads, head_dim] couples each head's atoms, so heads go whole;
+* Concat/Split/Slice offset them; Expand keeps them (its shape constant rewritten);
+  Flatten/Reshape repeat them (C×H×W → features); a Reshape that splits features into
+  [heads, head_dim] couples each head's atoms, so heads go whole;
 * consumers (Conv/Gemm/MatMul input channels, depthwise Conv, LSTM inputs) read them.
 
 Atoms that must go together form a *component* (one channel "slot"); all components created by
@@ -18,7 +19,7 @@ per-head mapping all reduce to that one index array). Anything not understood *f
 it touches with a reason naming the node; graph outputs freeze their groups.
 
 ``ChannelAnalysis.apply({group: keep_slots})`` slices every member, rewrites ``group``
-attributes, Reshape/Split/Slice constants and value shapes. The analysis is then stale: analyse
+attributes, Reshape/Expand/Split/Slice constants and value shapes. The analysis is then stale: analyse
 again before another change.
 """
 
@@ -810,6 +811,31 @@ class ChannelAnalysis:
                 entries += [None] * (int(np.prod(shape)) if shape else 1)
         return entries if len(entries) == rank else None
 
+    def _op_Expand(self, node: ir.Node) -> None:
+        """Broadcast to a constant shape: a channel axis passes through where its entry is 1
+        (kept as is) or C (rewritten to the kept count); anything else freezes."""
+        axes = self._tracked(node.inputs[0])
+        if not axes:
+            return
+        target, rank = _ints(node.inputs[1]), self._rank(node.inputs[0])
+        if target is None or rank is None:
+            self._freeze_inputs(node, "Expand with computed shape")
+            return
+        shift = max(len(target) - rank, 0)
+        lead = max(rank - len(target), 0)  # input axes with no entry in the shape
+        out: dict[int, np.ndarray] = {}
+        for a, atoms in axes.items():
+            j = a + shift - lead
+            entry = target[j] if j >= 0 else 1
+            if entry not in (1, len(atoms)):
+                self._freeze_inputs(node, "Expand broadcasting a channel axis")
+                return
+            if entry == len(atoms) and entry != 1:
+                extra = {"source": node.inputs[1], "index": j, "consumer": node}
+                self._edits.append(_Edit("shape", node, [atoms], extra))
+            out[a + shift] = atoms
+        self._set(node.outputs[0], out, node)
+
     def _op_Concat(self, node: ir.Node) -> None:
         inputs = [i for i in node.inputs]
         if not any(self._tracked(i) for i in inputs):
@@ -1094,7 +1120,7 @@ class ChannelAnalysis:
     def apply(self, keep: Mapping[ChannelGroup, np.ndarray | Sequence[int]]) -> dict[str, int]:
         """Keep only the given slots of each group; returns {"groups": n, "channels_removed": n}.
 
-        Every member is sliced, ``group`` attributes and Reshape/Split/Slice constants are
+        Every member is sliced, ``group`` attributes and Reshape/Expand/Split/Slice constants are
         rewritten, value shapes updated. The analysis cannot be applied twice.
         """
         if self._applied:

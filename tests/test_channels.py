@@ -19,6 +19,7 @@ from onnxslim import channels, model_io, runtime
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "models"
 PRUNABLE = ["resnet", "mobilenetv2", "yolo_neck", "bert_block", "mlp", "if_model", "constant_node_convnet", "int8_weights"]
+PRUNABLE += ["channel_ops"]
 
 
 def load_fixture(name: str) -> onnx.ModelProto:
@@ -204,6 +205,64 @@ def test_weight_read_by_an_unsupported_op_freezes():
     analysis = channels.analyze(model_io.load(_tiny(nodes, inits, ["N", 3, 8, 8], extra)))
     reasons = {f.group.name: f.reasons for f in analysis.frozen}
     assert any("weight 'w1' is also read by Transpose at node peek" in r for r in reasons["c1"])
+
+
+def test_channel_ops_fixture_has_every_op_inside_a_group():
+    """channel_ops (ConvTranspose, Gemm transA, InstanceNormalization, PRelu, Pad, Div/Sub,
+    Resize, channel Slice, Expand): nothing freezes but the graph output's Gemm, so the
+    exactness test below runs through every one of those ops."""
+    analysis = channels.analyze(model_io.load(fx.channel_ops()))
+    sizes = {g.name: g.size for g in analysis.groups}
+    assert sizes == {"conv1/Conv": 8, "deconv/ConvTranspose": 6, "conv2/Conv": 10, "fc1/Gemm": 12}
+    assert [(f.group.name, f.reason) for f in analysis.frozen] == [("fc2/Gemm", "graph output 'logits'")]
+    conv1 = next(g for g in analysis.groups if g.name == "conv1/Conv")
+    roles = {m.tensor.name: m.role for m in conv1.producers}
+    assert roles["norm.scale"] == "bn_scale" and roles["act.slope"] == "slope"
+    assert roles["scale.divisor"] == "divisor" and roles["scale.shift"] == "shift"
+    fc1 = next(g for g in analysis.groups if g.name == "fc1/Gemm")
+    assert [(m.tensor.name, m.axis) for m in fc1.consumers] == [("fc2.weight", 0)]  # transA: rows
+
+
+def test_expand_shape_constant_follows_the_kept_channels():
+    model = model_io.load(fx.channel_ops())
+    analysis = channels.analyze(model)
+    conv2 = next(g for g in analysis.groups if g.name == "conv2/Conv")
+    analysis.apply({conv2: [0, 3, 4, 8]})  # slots 3, 4 and 8 are inside the Slice 2..8
+    values = {t.name: numpy_helper.to_array(t) for t in model_io.to_proto(model).graph.initializer}
+    assert values["se.shape"].tolist() == [1, 3, 20, 20]
+    assert values["slice.starts"].tolist() == [1] and values["slice.ends"].tolist() == [4]
+    strict_infer(model)
+
+
+@pytest.mark.parametrize(
+    "shape, frozen",
+    [([1, 1, 8, 8], None), ([2, 6, 8, 8], None), ([6, 8, 8], None), ([1, 12, 8, 8], "Expand broadcasting a channel")],
+)
+def test_expand_passes_a_channel_axis_of_1_or_c(shape, frozen):
+    rng = np.random.default_rng(0)
+    c = 1 if frozen else 6
+    inits = _conv_inits(rng, {"w1": (c, 4, 1, 1), "w2": (2, max(c, shape[-3]), 1, 1)})
+    inits["shape"] = np.array(shape, dtype=np.int64)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"),
+        helper.make_node("Expand", ["a", "shape"], ["b"], name="ex"),
+        helper.make_node("Conv", ["b", "w2"], ["y"], name="c2"),
+    ]
+    proto = _tiny(nodes, inits, None)
+    analysis = channels.analyze(model_io.load(proto))
+    reasons = {f.group.name: f.reason for f in analysis.frozen}
+    if frozen:
+        assert frozen in reasons["c1"]
+        return
+    assert "c1" not in reasons
+    pruned, zeroed = model_io.load(proto), model_io.load(proto)
+    analysis = channels.analyze(pruned)
+    keep = {g: np.array([0, 2, 5]) for g in analysis.groups}
+    zero_removed(zeroed, {g.name: k for g, k in keep.items()})
+    analysis.apply(keep)
+    strict_infer(pruned)
+    feeds = {"x": rng.normal(size=(2, 4, 8, 8)).astype(np.float32)}
+    np.testing.assert_allclose(run(pruned, feeds)["y"], run(zeroed, feeds)["y"], rtol=0, atol=1e-5)
 
 
 def test_frozen_group_cannot_be_applied():
