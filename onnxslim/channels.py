@@ -236,7 +236,7 @@ class ChannelAnalysis:
         self._ln_atoms: list[tuple[np.ndarray, ir.Node]] = []
         self._tracked_nodes: list[tuple[ir.Node, np.ndarray]] = []
         self._layers: list[tuple[ir.Node, list[np.ndarray]]] = []  # MAC ops and the atoms they scale with
-        self._base_macs: dict[int, int] | None = None
+        self._base_macs: dict[tuple, tuple[dict[int, int], int]] = {}  # by input shapes
         self._applied = False
         self._walk(model.graph)
         for out in model.graph.outputs:
@@ -1068,16 +1068,19 @@ class ChannelAnalysis:
         keep: Mapping[ChannelGroup, np.ndarray | Sequence[int]] | None = None,
         input_shapes: Mapping[str, Sequence[int]] | None = None,
     ) -> dict[str, int]:
-        """MACs (Conv/Gemm/MatMul, one sample) and parameters now and after keeping ``keep``.
+        """MACs (Conv/ConvTranspose/Gemm/MatMul) and parameters now and after keeping ``keep``.
 
-        Unknown input dimensions count as 1 for the batch and 64 elsewhere unless given.
+        MACs are counted at ``input_shapes``; dynamic dims not given count as 1 for a dim that
+        leads some input (the batch) and 64 elsewhere. Layers whose shapes inference cannot
+        resolve (inside If branches fed by computed shapes: Silero VAD) are left out of both
+        figures and counted in ``macs_unresolved``.
         """
         kept = self._kept_components(keep)
 
         def frac(atoms: np.ndarray) -> float:
             return float(kept[self._comp[atoms]].mean()) if len(atoms) else 1.0
 
-        base = self._layer_macs(input_shapes)
+        base, unresolved = self._layer_macs(input_shapes)
         macs_before = sum(base.values())
         macs_after = 0.0
         for node, factors in self._layers:
@@ -1091,29 +1094,38 @@ class ChannelAnalysis:
         return {
             "macs_before": int(macs_before),
             "macs_after": int(round(macs_after)),
+            "macs_unresolved": unresolved,
             "params_before": int(params_before),
             "params_after": int(round(params_after)),
         }
 
-    def _layer_macs(self, input_shapes: Mapping[str, Sequence[int]] | None) -> dict[int, int]:
-        if self._base_macs is not None and input_shapes is None:
-            return self._base_macs
-        dims = dict(input_shapes or {})
-        for value in self.model.graph.inputs:
-            if value.name not in dims and value.shape is not None:
-                dims[value.name] = [d if isinstance(d, int) else (1 if i == 0 else 64) for i, d in enumerate(value.shape)]
+    def _layer_macs(self, input_shapes: Mapping[str, Sequence[int]] | None) -> tuple[dict[int, int], int]:
+        """MACs per layer node id at the input shapes, and how many layers have unknown shapes."""
+        dims = {k: [int(d) for d in v] for k, v in (input_shapes or {}).items()}
+        key = tuple(sorted((k, tuple(v)) for k, v in dims.items()))
+        if key in self._base_macs:
+            return self._base_macs[key]
+        inputs = [v for v in self.model.graph.inputs if v.shape is not None and len(v.shape)]
+        batched = [v for v in inputs if getattr(v.shape[0], "value", None)]  # leading named dim
+        batch_names = {v.shape[0].value for v in batched}
+        for value in inputs:
+            if value.name not in dims:  # a named batch dim is 1 wherever it sits (VAD: state[2, batch, 128])
+                dims[value.name] = [
+                    d if isinstance(d, int) else 1 if i == 0 or getattr(d, "value", None) in batch_names else 64
+                    for i, d in enumerate(value.shape)
+                ]
+        batch = dims[batched[0].name][0] if batched else 1
         try:
             concrete = shapes.concrete_shapes(self.model, dims)
         except shapes.ShapeInferenceError:
             concrete = {}
         result = {}
         for node, _ in self._layers:
-            macs = _node_macs(node, concrete)
+            macs = _node_macs(node, concrete, batch)
             if macs is not None:
                 result[id(node)] = macs
-        if input_shapes is None:
-            self._base_macs = result
-        return result
+        self._base_macs[key] = result, len(self._layers) - len(result)
+        return self._base_macs[key]
 
     # ---- applying ------------------------------------------------------------------
 
@@ -1193,14 +1205,21 @@ class ChannelAnalysis:
         return {"groups": groups_changed, "channels_removed": total}
 
 
-def _node_macs(node: ir.Node, concrete: Mapping[str, tuple]) -> int | None:
-    """Multiply-accumulates of one Conv/ConvTranspose/Gemm/MatMul at concrete shapes."""
+def _node_macs(node: ir.Node, concrete: Mapping[str, tuple], batch: int = 1) -> int | None:
+    """Multiply-accumulates of one Conv/ConvTranspose/Gemm/MatMul at concrete shapes.
+
+    A batch axis inference leaves open (a broadcast against a shape it could not compute)
+    counts as ``batch``; any other unknown dim makes the count unknown (None)."""
+    matmul = node.op_type == "MatMul"
 
     def shape(value: ir.Value | None) -> tuple | None:
         c = constant(value)
         found = tuple(c.shape) if c is not None else concrete.get(value.name) if value is not None else None
-        # dims inference leaves open (a broadcast batch) count once: the estimate is relative
-        return tuple(d if isinstance(d, int) else 1 for d in found) if found is not None else None
+        if found is None:
+            return None
+        batch_axis = [i < len(found) - 2 if matmul else i == 0 for i in range(len(found))]
+        dims = tuple(batch if d is None and b else d for d, b in zip(found, batch_axis))
+        return dims if all(isinstance(d, int) for d in dims) else None
 
     out, x, w = shape(node.outputs[0]), shape(node.inputs[0]), shape(node.inputs[1])
     if out is None or x is None or w is None:

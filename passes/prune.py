@@ -145,8 +145,8 @@ class Prune(Pass):
             if values.shape != (group.size,):
                 raise ValueError(f"criterion {criterion_name} returned shape {values.shape} for a group of {group.size}")
             scores[group] = values
-        plan = self._plan(analysis, eligible, scores)
-        prediction = analysis.predict(plan)
+        plan = self._plan(analysis, eligible, scores, ctx)
+        prediction = analysis.predict(plan, ctx.input_shapes or None)
         details = self._details(analysis, plan, skipped, criterion_name, prediction)
         removed = sum(g.size - len(k) for g, k in plan.items())
         if o.dry_run or removed == 0:
@@ -226,7 +226,7 @@ class Prune(Pass):
             keep = int(np.ceil(keep / o.round_to) * o.round_to)
         return int(min(group.size, keep))
 
-    def _plan(self, analysis: ChannelAnalysis, groups: list[ChannelGroup], scores) -> dict[ChannelGroup, np.ndarray]:
+    def _plan(self, analysis: ChannelAnalysis, groups: list[ChannelGroup], scores, ctx) -> dict:
         o = self.options
         if not groups:
             return {}
@@ -235,7 +235,7 @@ class Prune(Pass):
         elif o.target == "global":
             counts = self._global_counts(groups, scores, o.ratio)
         else:
-            counts = self._macs_counts(analysis, groups, scores)
+            counts = self._macs_counts(analysis, groups, scores, ctx.input_shapes or None)
         return {g: np.sort(np.argsort(-scores[g], kind="stable")[: counts[g]]) for g in groups}
 
     def _global_counts(self, groups, scores, fraction: float) -> dict[ChannelGroup, int]:
@@ -247,14 +247,17 @@ class Prune(Pass):
         removed = np.bincount(owner[order[:n_remove]], minlength=len(groups))
         return {g: self._n_keep(g, int(min(removed[i], g.size - 1))) for i, g in enumerate(groups)}
 
-    def _macs_counts(self, analysis: ChannelAnalysis, groups, scores) -> dict[ChannelGroup, int]:
-        """Global ranking, with the removed fraction found by bisection to reach the MACs target."""
-        base = analysis.predict()["macs_before"] or 1
+    def _macs_counts(self, analysis: ChannelAnalysis, groups, scores, input_shapes) -> dict[ChannelGroup, int]:
+        """Global ranking, with the removed fraction found by bisection to reach the MACs target
+        (MACs at the validation input shapes)."""
+        base = analysis.predict(None, input_shapes)["macs_before"]
+        if not base:
+            raise UsageError("prune:target=macs: no layer's MACs can be counted at these input shapes (--input-shape)")
 
         def counts_for(fraction: float):
             counts = self._global_counts(groups, scores, fraction)
             plan = {g: np.sort(np.argsort(-scores[g], kind="stable")[: counts[g]]) for g in groups}
-            return counts, analysis.predict(plan)["macs_after"] / base
+            return counts, analysis.predict(plan, input_shapes)["macs_after"] / base
 
         lo, hi = 0.0, 0.99
         best, ratio = counts_for(hi)
@@ -295,6 +298,9 @@ class Prune(Pass):
     def _summary(self, details: dict, verb: str) -> str:
         p = details["predicted"]
         macs = f"MACs {_human(p['macs_before'])} → {_human(p['macs_after'])}" if p["macs_before"] else "MACs unknown"
+        if p["macs_unresolved"]:  # not a total: say which part is missing
+            unknown = p["macs_unresolved"]
+            macs += f" (+{unknown} layers at shapes inference cannot resolve, e.g. inside If branches, not counted)"
         return (
             f"{verb} {details['channels_before'] - details['channels_after']} of {details['channels_before']} channels "
             f"in {details['groups_pruned']} groups ({details['criterion']}), {details['groups_frozen']} frozen; "

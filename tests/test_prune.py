@@ -47,8 +47,8 @@ def _graphs(graph: onnx.GraphProto):
 
 
 def independent_macs(proto: onnx.ModelProto, feeds) -> int:
-    """MACs of Conv/Gemm/MatMul (If branches each counted) from weight and output shapes;
-    written here, not shared with the pass."""
+    """MACs of Conv/ConvTranspose/Gemm/MatMul (If branches each counted) from weight and
+    input/output shapes; written here, not shared with the pass."""
     inferred = concrete(proto, feeds)
     shape = {}
     graphs = list(_graphs(inferred.graph))
@@ -63,6 +63,8 @@ def independent_macs(proto: onnx.ModelProto, feeds) -> int:
     for node in (n for g in graphs for n in g.node):
         if node.op_type == "Conv":
             total += int(np.prod(shape[node.output[0]])) * int(np.prod(shape[node.input[1]][1:]))
+        elif node.op_type == "ConvTranspose":  # every input element feeds Cout/group·k·k outputs
+            total += int(np.prod(shape[node.input[0]])) * int(np.prod(shape[node.input[1]][1:]))
         elif node.op_type == "Gemm":
             trans_a = any(a.name == "transA" and a.i for a in node.attribute)
             a = shape[node.input[0]]
@@ -136,6 +138,70 @@ def test_bert_macs_prediction_at_its_sequence_length():
     assert pred["macs_after"] == independent_macs(model_io.to_proto(model), feeds)
     heads = next(e for e in result.details["pruned"] if e["kind"] == "heads")
     assert (heads["before"], heads["after"]) == (4, 2)
+
+
+@pytest.mark.parametrize(
+    "name, dims",
+    [("bert_block", {"N": 2, "S": 16}), ("constant_node_convnet", {"N": 1, "H": 40, "W": 24}),
+     ("channel_ops", {"N": 3})],
+)
+def test_macs_predicted_at_the_validation_input_shapes(name, dims):
+    """PassContext.input_shapes (the shapes the manager validates at) drive the prediction,
+    not the defaults (batch 1, other dims 64)."""
+    proto = load_proto(name)
+    feeds = fx.random_inputs(proto, batch=dims["N"], seq=dims.get("S", 8), dims=dims)
+    model = model_io.load(proto)
+    result = Prune(ratio=0.3).run(model, PassContext(input_shapes={k: list(v.shape) for k, v in feeds.items()}))
+    pred = result.details["predicted"]
+    assert pred["macs_before"] == independent_macs(proto, feeds)
+    assert pred["macs_after"] == independent_macs(model_io.to_proto(model), feeds)
+    assert pred["macs_unresolved"] == 0
+
+
+def test_macs_target_is_reached_at_the_validation_sequence_length():
+    """Attention grows as S², the linear layers as S: the fraction kept depends on S (bisected
+    at the default S=64, this target ends at 0.86 of the MACs at S=256)."""
+    proto = fx.bert_block()
+    feeds = fx.random_inputs(proto, batch=1, seq=256)
+    model = model_io.load(proto)
+    ctx = PassContext(input_shapes={k: list(v.shape) for k, v in feeds.items()})
+    result = Prune(target="macs", macs=0.8).run(model, ctx)
+    kept = independent_macs(model_io.to_proto(model), feeds) / independent_macs(proto, feeds)
+    assert kept <= 0.8
+    assert result.details["predicted"]["macs_after"] / result.details["predicted"]["macs_before"] == pytest.approx(kept)
+
+
+def test_layers_at_unresolved_shapes_are_named_not_counted():
+    """A Conv after a Pad with computed pads has no static output size: its MACs are not
+    guessed (with each unknown dim as 1) but reported as not counted."""
+    rng = np.random.default_rng(0)
+    init = [
+        onnx.numpy_helper.from_array(rng.normal(size=(8, 4, 3, 3)).astype(np.float32), "w1"),
+        onnx.numpy_helper.from_array(rng.normal(size=(2, 8, 1, 1)).astype(np.float32), "w2"),
+    ]
+    nodes = [
+        onnx.helper.make_node("Pad", ["x", "pads"], ["p"], name="pad"),
+        onnx.helper.make_node("Conv", ["p", "w1"], ["a"], name="c1"),
+        onnx.helper.make_node("Relu", ["a"], ["r"], name="relu"),
+        onnx.helper.make_node("Conv", ["r", "w2"], ["y"], name="c2"),
+    ]
+    graph = onnx.helper.make_graph(
+        nodes,
+        "padded",
+        [
+            onnx.helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4, 8, 8]),
+            onnx.helper.make_tensor_value_info("pads", onnx.TensorProto.INT64, [8]),
+        ],
+        [onnx.helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)],
+        initializer=init,
+    )
+    proto = onnx.helper.make_model(graph, opset_imports=[onnx.helper.make_opsetid("", 17)], ir_version=10)
+    result = Prune(ratio=0.5).run(model_io.load(proto), PassContext(input_shapes={"x": [1, 4, 8, 8], "pads": [8]}))
+    assert result.details["predicted"]["macs_unresolved"] == 2
+    assert result.details["predicted"]["macs_before"] == 0
+    assert "MACs unknown (+2 layers at shapes inference cannot resolve" in result.summary
+    with pytest.raises(UsageError, match="target=macs"):
+        Prune(target="macs").run(model_io.load(proto), PassContext(input_shapes={"x": [1, 4, 8, 8], "pads": [8]}))
 
 
 def test_resnet_half_channels_cut_macs_about_four_times_inside():
