@@ -24,6 +24,9 @@ Every node has no input but constants, so onnxruntime folds it to the dense tens
 creation (basic and default levels); optimisers must not fold it back in the file. All decode
 nodes carry ``metadata_props`` ``onnxslim.csr_role``; :func:`find_decodes` starts from each
 ``output`` node and collects the tagged nodes upstream of it (names play no part).
+
+:func:`file_bytes` is the one size accounting of both passes: the exact bytes a set of
+initializers and nodes takes in the file :func:`onnxslim.model_io.save` writes inline.
 """
 
 from __future__ import annotations
@@ -32,9 +35,11 @@ import dataclasses
 from collections.abc import Iterator
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
-from .constants import add_initializer, all_graphs, constant
+from . import model_io
+from .constants import SPARSE_FORMAT_KEY, add_initializer, all_graphs, constant
 
 #: Lowest default-domain opset the decode subgraph is valid at.
 MIN_OPSET = 11
@@ -43,12 +48,9 @@ ROLE_KEY = "onnxslim.csr_role"
 ORIGIN_KEY = "onnxslim.csr_origin"
 #: On the output node of a former Constant node: that node's name, restored by densify.
 ORIGIN_NAME_KEY = "onnxslim.csr_origin_name"
-#: Serialized bytes of the decode nodes and small constants, measured: about 1.6 kB plus
-#: 52 bytes per character of the tensor name (it prefixes every node, value and constant).
-DECODE_OVERHEAD_BYTES = 1700
-DECODE_OVERHEAD_PER_NAME_CHAR = 52
-#: Approximate serialized bytes of a COO sparse_initializer's framing.
-COO_OVERHEAD_BYTES = 60
+#: Bytes a replacement must save beyond its own: the main graph's length prefix (a varint of at
+#: most 5 bytes, outside every tensor's entries) can grow by up to 4 when decode nodes join it.
+LENGTH_PREFIX_SLACK = 4
 
 #: Float element types the decode handles (ConstantOfShape accepts them in onnxruntime).
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64))
@@ -129,14 +131,48 @@ def decode(parts: CsrParts) -> np.ndarray:
     return dense.reshape(parts.shape)
 
 
-def csr_file_bytes(parts: CsrParts, name: str) -> int:
-    """Estimated bytes the CSR form adds to the file (arrays plus decode nodes)."""
-    return parts.nbytes + DECODE_OVERHEAD_BYTES + DECODE_OVERHEAD_PER_NAME_CHAR * len(name)
+def file_bytes(graph: ir.Graph, main: bool, values=(), nodes=()) -> int:
+    """Exact bytes ``values`` (initializers of ``graph``; COO-marked ones as sparse_initializer)
+    and ``nodes`` (with their outputs' value_info) take in the inline file, ``main`` saying whether
+    ``graph`` is the main graph (whose initializers are top-level records there). Registered or
+    not, the same entries always count the same."""
+    entries = onnx.GraphProto()
+    for node in nodes:
+        entries.node.append(ir.serde.serialize_node(node))
+        entries.value_info.extend(ir.serde.serialize_value(v) for v in node.outputs if _has_value_info(v))
+    total = entries.ByteSize()
+    for value in values:
+        coo = value.meta.get(SPARSE_FORMAT_KEY) == "coo"
+        if main:
+            prefix, tensor = model_io._initializer_record(value, coo)
+            total += len(prefix) + (tensor.nbytes if tensor is not None else 0)
+            continue
+        proto = ir.serde.serialize_tensor(ir.Tensor(value.const_value.numpy()))
+        proto.name = value.name
+        entry = onnx.GraphProto()
+        if coo:
+            entry.sparse_initializer.append(model_io._dense_to_coo(proto))
+        else:
+            entry.initializer.append(proto)
+        total += entry.ByteSize()
+    return total
 
 
-def coo_file_bytes(nnz: int, itemsize: int) -> int:
-    """A standard ONNX sparse_initializer: values plus flat int64 indices."""
-    return nnz * (itemsize + 8) + COO_OVERHEAD_BYTES
+def _has_value_info(value: ir.Value) -> bool:
+    """onnx-ir writes a value_info for a node output that is not a graph output and says anything."""
+    said = value.type is not None or value.shape is not None or value.metadata_props or value.doc_string
+    return bool(value.name) and bool(said) and not value.is_graph_output()
+
+
+def decode_inputs(nodes: list[ir.Node]) -> list[ir.Value]:
+    """The constant values decode ``nodes`` read (each once), in order."""
+    inside = {id(v) for n in nodes for v in n.outputs}
+    found: dict[int, ir.Value] = {}
+    for node in nodes:
+        for v in node.inputs:
+            if v is not None and id(v) not in inside:
+                found.setdefault(id(v), v)
+    return list(found.values())
 
 
 # --------------------------------------------------------------------------- ONNX subgraph
@@ -182,7 +218,8 @@ def build_decode(
     """Component initializers (registered in ``graph``) and the decode nodes (not yet inserted).
 
     The returned value, named ``name``, carries the dense tensor; the caller inserts the nodes
-    before the first consumer and takes ``name`` off the old value first.
+    before the first consumer and takes ``name`` off the old value first, or drops the
+    components again (:func:`discard_decode`).
     """
     b = _Builder(graph, name)
     int64 = ir.DataType.INT64
@@ -223,6 +260,12 @@ def build_decode(
     out = b.node("output", "Reshape", [flat, shape], output_name=name)
     _mark_origin(b.nodes[-1], origin, origin_name)
     return b.nodes, out
+
+
+def discard_decode(graph: ir.Graph, nodes: list[ir.Node]) -> None:
+    """Unregister the components of a decode that was built but not inserted."""
+    for value in decode_inputs(nodes):
+        graph.initializers.pop(value.name)
 
 
 def _mark_origin(node: ir.Node, origin: str, origin_name: str | None) -> None:
@@ -267,8 +310,16 @@ class Decode:
 
     def inputs(self) -> list[ir.Value]:
         """The constant values the decode reads (candidates for removal with it)."""
-        inside = {id(v) for n in self.nodes for v in n.outputs}
-        return [v for n in self.nodes for v in n.inputs if v is not None and id(v) not in inside]
+        return decode_inputs(self.nodes)
+
+    def own_inputs(self) -> list[ir.Value]:
+        """The inputs nothing but this decode reads (the ones removed with it)."""
+        inside = {id(n) for n in self.nodes}
+        return [
+            v
+            for v in self.inputs()
+            if not v.is_graph_output() and not v.is_graph_input() and all(id(u.node) in inside for u in v.uses())
+        ]
 
 
 def find_decodes(model: ir.Model) -> Iterator[Decode]:

@@ -34,27 +34,18 @@ class Densify(Pass):
             except (ValueError, KeyError) as exc:  # edited by hand or by another tool: leave it
                 notes.append(f"CSR decode {decode.output.name!r} left as is: {exc}")
                 continue
-            before = parts.nbytes
-            dense = sparse_codec.decode(parts)
-            _replace_decode(decode, dense)
-            restored.append(
-                {"name": decode.output.name, "format": "csr", "bytes_before": before, "bytes_after": int(dense.nbytes)}
-            )
+            graph, main, name = decode.graph, decode.graph is model.graph, decode.output.name
+            before = sparse_codec.file_bytes(graph, main, decode.own_inputs(), decode.nodes)
+            value, node = _replace_decode(decode, sparse_codec.decode(parts))
+            after = sparse_codec.file_bytes(graph, main, [value] if node is None else (), [node] if node else ())
+            restored.append({"name": name, "format": "csr", "bytes_before": before, "bytes_after": after})
         for graph in all_graphs(model):
             for value in graph.initializers.values():
                 if value.meta.get(SPARSE_FORMAT_KEY) is not None and value.const_value is not None:
+                    before = sparse_codec.file_bytes(graph, graph is model.graph, [value])
                     del value.meta[SPARSE_FORMAT_KEY]
-                    array = value.const_value.numpy()
-                    nnz = int(np.count_nonzero(array))
-                    coo_bytes = sparse_codec.coo_file_bytes(nnz, array.dtype.itemsize) - sparse_codec.COO_OVERHEAD_BYTES
-                    restored.append(
-                        {
-                            "name": value.name,
-                            "format": "coo",
-                            "bytes_before": coo_bytes,
-                            "bytes_after": int(array.nbytes),
-                        }
-                    )
+                    after = sparse_codec.file_bytes(graph, graph is model.graph, [value])
+                    restored.append({"name": value.name, "format": "coo", "bytes_before": before, "bytes_after": after})
         before = sum(r["bytes_before"] for r in restored)
         after = sum(r["bytes_after"] for r in restored)
         details = {"tensors": restored, "bytes_before": before, "bytes_after": after, "restored": len(restored)}
@@ -63,19 +54,20 @@ class Densify(Pass):
         return PassResult(True, f"{len(restored)} tensor(s) dense again: {before} -> {after} bytes", details, notes)
 
 
-def _replace_decode(decode: sparse_codec.Decode, dense: np.ndarray) -> None:
+def _replace_decode(decode: sparse_codec.Decode, dense: np.ndarray) -> tuple[ir.Value, ir.Node | None]:
+    """Swap the decode for the dense tensor: (its value, the Constant node holding it or None)."""
     graph, old, name = decode.graph, decode.output, decode.output.name
     component_inputs = decode.inputs()
     output_node = old.producer()
     old.name = f"{name}.csr_decoded"
+    value = ir.Value(name=name)
+    node = None
     if decode.origin == "constant_node":
-        value = ir.Value(name=name)
         attr = ir.Attr("value", ir.AttributeType.TENSOR, ir.Tensor(dense, name=name))
         node = ir.Node("", "Constant", [], [attr], outputs=[value], name=decode.origin_name)
-        value.dtype, value.shape = ir.DataType.from_numpy(dense.dtype), ir.Shape(dense.shape)
+        value.type, value.shape = old.type, old.shape  # the value_info the decode output had, if any
         graph.insert_before(output_node, node)
     else:
-        value = ir.Value(name=name)
         set_tensor(value, dense)
         graph.register_initializer(value)
     old.replace_all_uses_with(value, replace_graph_outputs=True)
@@ -84,3 +76,4 @@ def _replace_decode(decode: sparse_codec.Decode, dense: np.ndarray) -> None:
         unused = not component.uses() and not component.is_graph_output() and not component.is_graph_input()
         if unused and graph.initializers.get(component.name) is component:
             graph.initializers.pop(component.name)
+    return value, node

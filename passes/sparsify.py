@@ -4,7 +4,10 @@
 row pointers as ordinary initializers plus a decode subgraph of standard ops
 (:mod:`onnxslim.sparse_codec`) that onnxruntime folds at session creation. ``coo`` marks the
 initializer so the file holds a standard ONNX ``sparse_initializer`` (int64 indices). ``auto``
-takes the smaller per tensor. No tensor is ever stored larger than dense.
+takes the smaller per tensor. Sizes are exact (:func:`onnxslim.sparse_codec.file_bytes`: the
+bytes of every entry a tensor and its replacement put in the inline file, names, decode nodes,
+attributes and metadata included) and a tensor stays dense unless its replacement is smaller,
+by more than the few bytes the main graph's length prefix can grow: the file never grows.
 
 ``csr`` is the default: ``onnx.checker`` with ``full_check=True`` rejects a COO initializer
 feeding Conv/MatMul/Gemm (its strict shape inference sees a ``sparse_tensor`` type), although
@@ -27,8 +30,8 @@ from onnxslim.pass_api import Pass, PassContext, PassResult, option
 class _Candidate:
     """A dense float constant: an initializer, or the output of a Constant node."""
 
-    def __init__(self, graph: ir.Graph, value: ir.Value, node: ir.Node | None):
-        self.graph, self.value, self.node = graph, value, node
+    def __init__(self, graph: ir.Graph, main: bool, value: ir.Value, node: ir.Node | None):
+        self.graph, self.main, self.value, self.node = graph, main, value, node
 
     @property
     def origin(self) -> str:
@@ -38,6 +41,18 @@ class _Candidate:
         if self.node is None:
             return self.value.const_value.numpy()
         return self.node.attributes["value"].as_tensor().numpy()
+
+    def file_bytes(self) -> int:
+        if self.node is None:
+            return sparse_codec.file_bytes(self.graph, self.main, values=[self.value])
+        return sparse_codec.file_bytes(self.graph, self.main, nodes=[self.node])
+
+    def coo_value(self, array: np.ndarray) -> ir.Value:
+        """The COO-marked initializer that would replace this constant (not registered)."""
+        value = ir.Value(name=self.value.name)
+        set_tensor(value, self.value.const_value if self.node is None else array)
+        value.meta[SPARSE_FORMAT_KEY] = "coo"
+        return value
 
 
 class Sparsify(Pass):
@@ -71,35 +86,43 @@ class Sparsify(Pass):
             if opts.format == "csr":
                 return PassResult(False, "nothing converted (opset too old for CSR)", {}, notes)
         converted: list[dict] = []
-        grew = negative_zero = 0
+        grew = 0
         candidates = _candidates(model)
         for cand in ctx.progress(candidates, "tensors", total=len(candidates)):
-            name = cand.value.name
-            array = cand.numpy()
+            name, array = cand.value.name, cand.numpy()
             if array.size < opts.min_size:
                 continue
-            mask = sparse_codec.nonzero_mask(array)
-            nnz = int(np.count_nonzero(mask))
+            nnz = int(np.count_nonzero(sparse_codec.nonzero_mask(array)))
             sparsity = 1.0 - nnz / array.size
             if sparsity < opts.min_sparsity:
                 continue
-            choice = self._choose(array, nnz, csr_ok, name)
-            if choice is None:
+            csr_dtype = array.dtype in sparse_codec.SUPPORTED_DTYPES
+            if opts.format == "csr" and not csr_dtype:
                 grew += 1
                 continue
-            fmt, parts, size_after = choice
-            if fmt == "coo" and nnz != np.count_nonzero(array):
-                negative_zero += 1  # the COO writer drops -0.0 (value-based indices): not bit-exact
-                if parts is None:
-                    continue
-                fmt, size_after = "csr", sparse_codec.csr_file_bytes(parts, name)
-                if size_after >= array.nbytes:
-                    grew += 1
-                    continue
+            before = cand.file_bytes()
+            forms = {}  # format -> exact file bytes
+            if csr_ok and opts.format != "coo" and csr_dtype and array.ndim >= 1:
+                origin_name = cand.node.name if cand.node is not None else None
+                nodes, dense = sparse_codec.build_decode(
+                    cand.graph, name, sparse_codec.encode(array), cand.origin, origin_name
+                )
+                dense.type, dense.shape = cand.value.type, cand.value.shape  # the constant's value_info, if any
+                forms["csr"] = sparse_codec.file_bytes(cand.graph, cand.main, sparse_codec.decode_inputs(nodes), nodes)
+            if opts.format != "csr":
+                coo = cand.coo_value(array)
+                forms["coo"] = sparse_codec.file_bytes(cand.graph, cand.main, values=[coo])
+            fmt = min(forms, key=forms.get, default=None)  # csr first: it wins a tie
+            if fmt is not None and forms[fmt] + sparse_codec.LENGTH_PREFIX_SLACK >= before:
+                fmt, grew = None, grew + 1
+            if "csr" in forms and fmt != "csr":
+                sparse_codec.discard_decode(cand.graph, nodes)
+            if fmt is None:
+                continue
             if fmt == "csr":
-                _store_csr(cand, parts)
+                _store_csr(cand, nodes, dense)
             else:
-                _store_coo(cand, array)
+                _store_coo(cand, coo)
             converted.append(
                 {
                     "name": name,
@@ -107,14 +130,12 @@ class Sparsify(Pass):
                     "shape": list(array.shape),
                     "dtype": str(array.dtype),
                     "sparsity": round(sparsity, 6),
-                    "bytes_before": int(array.nbytes),
-                    "bytes_after": int(size_after),
+                    "bytes_before": before,
+                    "bytes_after": forms[fmt],
                 }
             )
         if grew:
             notes.append(f"{grew} sparse enough tensor(s) left dense: no format would make them smaller")
-        if negative_zero:
-            notes.append(f"{negative_zero} tensor(s) hold -0.0, which COO cannot keep bit-exactly; CSR or dense used")
         before = sum(c["bytes_before"] for c in converted)
         after = sum(c["bytes_after"] for c in converted)
         details = {"tensors": converted, "bytes_before": before, "bytes_after": after, "converted": len(converted)}
@@ -126,28 +147,13 @@ class Sparsify(Pass):
         )
         return PassResult(True, summary, details, notes)
 
-    def _choose(self, array: np.ndarray, nnz: int, csr_ok: bool, name: str):
-        """(format, csr parts or None, estimated file bytes), or None if nothing is smaller than dense."""
-        fmt = self.options.format
-        options = []
-        parts = None
-        if csr_ok and fmt in ("csr", "auto") and array.dtype in sparse_codec.SUPPORTED_DTYPES and array.ndim >= 1:
-            parts = sparse_codec.encode(array)
-            options.append(("csr", sparse_codec.csr_file_bytes(parts, name)))
-        if fmt in ("coo", "auto"):
-            options.append(("coo", sparse_codec.coo_file_bytes(nnz, array.dtype.itemsize)))
-        options = [o for o in options if o[1] < array.nbytes]
-        if not options:
-            return None
-        best, size = min(options, key=lambda o: o[1])
-        return best, parts, size
-
 
 def _candidates(model: ir.Model) -> list[_Candidate]:
     """Dense float constants that consumers read, outside existing decodes and sparse marks."""
     decode_inputs = {id(v) for d in sparse_codec.find_decodes(model) for v in d.inputs()}
     found = []
     for graph in all_graphs(model):
+        main = graph is model.graph
         for value in graph.initializers.values():
             if (
                 value.const_value is not None
@@ -159,7 +165,7 @@ def _candidates(model: ir.Model) -> list[_Candidate]:
                 and value.uses()
                 and id(value) not in decode_inputs
             ):
-                found.append(_Candidate(graph, value, None))
+                found.append(_Candidate(graph, main, value, None))
         for node in graph:
             if node.op_type != "Constant" or node.domain not in ("", "ai.onnx") or list(node.attributes) != ["value"]:
                 continue
@@ -171,19 +177,15 @@ def _candidates(model: ir.Model) -> list[_Candidate]:
                 and not out.is_graph_output()
                 and id(out) not in decode_inputs
             ):
-                found.append(_Candidate(graph, out, node))
+                found.append(_Candidate(graph, main, out, node))
     return found
 
 
-def _store_csr(cand: _Candidate, parts: sparse_codec.CsrParts) -> None:
-    graph, old, name = cand.graph, cand.value, cand.value.name
+def _store_csr(cand: _Candidate, nodes: list[ir.Node], dense: ir.Value) -> None:
+    graph, old = cand.graph, cand.value
     if cand.node is None:
-        graph.initializers.pop(name)
-    old.name = f"{name}.dense_replaced"  # about to be detached; the decode output takes the name
-    nodes, dense = sparse_codec.build_decode(
-        graph, name, parts, cand.origin, cand.node.name if cand.node is not None else None
-    )
-    dense.dtype, dense.shape = ir.DataType.from_numpy(parts.values.dtype), ir.Shape(parts.shape)
+        graph.initializers.pop(old.name)
+    old.name = f"{old.name}.dense_replaced"  # about to be detached; the decode output takes the name
     anchor = cand.node if cand.node is not None else next(iter(graph), None)
     if anchor is None:
         graph.extend(nodes)
@@ -194,16 +196,13 @@ def _store_csr(cand: _Candidate, parts: sparse_codec.CsrParts) -> None:
         graph.remove(cand.node, safe=True)
 
 
-def _store_coo(cand: _Candidate, array: np.ndarray) -> None:
+def _store_coo(cand: _Candidate, coo: ir.Value) -> None:
     if cand.node is None:
         cand.value.meta[SPARSE_FORMAT_KEY] = "coo"
         return
     # A Constant node cannot be a sparse_initializer: it becomes an initializer first.
-    graph, old, name = cand.graph, cand.value, cand.value.name
-    old.name = f"{name}.dense_replaced"
-    value = ir.Value(name=name)
-    set_tensor(value, array)
-    value.meta[SPARSE_FORMAT_KEY] = "coo"
-    graph.register_initializer(value)
-    old.replace_all_uses_with(value)
+    graph, old = cand.graph, cand.value
+    old.name = f"{old.name}.dense_replaced"
+    graph.register_initializer(coo)
+    old.replace_all_uses_with(coo)
     graph.remove(cand.node, safe=True)
