@@ -13,7 +13,8 @@ call for a group that was not prepared captures that group alone.
     slot). The tensors used are those the consuming layers read (after BN/activation, what the
     next layer actually sees); slots no consumer reads fall back to the producers' outputs.
     Tensors inside subgraphs cannot be captured: a group with none elsewhere is scored by weight
-    L2 (Silero VAD: every pruned layer sits in an If branch).
+    L2 (Silero VAD: every pruned layer sits in an If branch); ``activation.fallback(group, ctx)``
+    says why, and ``prune`` reports those groups.
 
 ``obs``
     Second-order saliency in the style of Optimal Brain Surgeon / SparseGPT. For each layer
@@ -67,6 +68,16 @@ def _cached(name: str, group: ChannelGroup, ctx: PassContext) -> np.ndarray | No
     if entry is not None and entry[0] is ctx.calibration:
         return entry[1]
     return None
+
+
+def _store(name: str, group: ChannelGroup, ctx: PassContext, values: np.ndarray, why: str | None = None) -> None:
+    _CACHE[name][group] = (ctx.calibration, values, why)
+
+
+def fallback(name: str, group: ChannelGroup, ctx: PassContext) -> str | None:
+    """Why criterion ``name`` scored ``group`` by weight L2 instead (None when it did not)."""
+    entry = _CACHE[name].get(group)
+    return entry[2] if entry is not None and entry[0] is ctx.calibration else None
 
 
 def _needs_calibration(ctx: PassContext, name: str) -> None:
@@ -124,10 +135,12 @@ def prepare_activation(groups: Sequence[ChannelGroup], ctx: PassContext, model: 
             fill = tier_covered & ~covered
             mean_abs[fill], rms[fill] = tier_abs[fill], tier_rms[fill]
             covered |= tier_covered
+        why = None
         if not covered.any():  # every tensor of the group lives inside a subgraph
             mean_abs = rms = _weight_l2(group)
-        _CACHE["activation"][group] = (ctx.calibration, mean_abs)
-        _CACHE["activation_l2"][group] = (ctx.calibration, rms)
+            why = "every tensor of the group is inside a subgraph (If/Loop branch), which calibration cannot capture"
+        _store("activation", group, ctx, mean_abs, why)
+        _store("activation_l2", group, ctx, rms, why)
 
 
 def activation(group: ChannelGroup, ctx: PassContext, model: ir.Model) -> np.ndarray:
@@ -146,6 +159,8 @@ def activation_l2(group: ChannelGroup, ctx: PassContext, model: ir.Model) -> np.
 
 activation.prepare = prepare_activation  # type: ignore[attr-defined]
 activation_l2.prepare = prepare_activation  # type: ignore[attr-defined]
+activation.fallback = lambda group, ctx: fallback("activation", group, ctx)  # type: ignore[attr-defined]
+activation_l2.fallback = lambda group, ctx: fallback("activation_l2", group, ctx)  # type: ignore[attr-defined]
 
 
 # --------------------------------------------------------------------------- obs
@@ -241,7 +256,7 @@ def prepare_obs(groups: Sequence[ChannelGroup], ctx: PassContext, model: ir.Mode
     """OBS saliency per slot for every group; consumer inputs captured in as few calibration
     runs as the Hessian memory budget allows (one for most models)."""
     _needs_calibration(ctx, "obs")
-    layers, _ = consumer_layers(model, groups)
+    layers, skipped = consumer_layers(model, groups)
     hessians = [_Hessian(layer, _mode(layer), i) for i, layer in enumerate(layers)]
     batches = _batches(hessians)
     scores = {g: np.zeros(g.size) for g in groups}
@@ -259,10 +274,13 @@ def prepare_obs(groups: Sequence[ChannelGroup], ctx: PassContext, model: ir.Mode
                     covered[group][slot_ids] = True
         h.h = np.zeros(0)  # done: free the Hessian
     for group in groups:
-        values = scores[group]
+        values, why = scores[group], None
         if not covered[group].any():
             values = _weight_l2(group)
-        _CACHE["obs"][group] = (ctx.calibration, values)
+            names = {m.node.name or m.tensor.name for m in group.consumers}
+            reasons = sorted({s["reason"] for s in skipped if s["layer"] in names}) or ["it has none"]
+            why = f"no consumer layer whose input can be measured ({'; '.join(reasons)})"
+        _store("obs", group, ctx, values, why)
 
 
 def _batches(hessians: list[_Hessian]) -> list[list[_Hessian]]:
@@ -294,6 +312,7 @@ def obs(group: ChannelGroup, ctx: PassContext, model: ir.Model) -> np.ndarray:
 
 
 obs.prepare = prepare_obs  # type: ignore[attr-defined]
+obs.fallback = lambda group, ctx: fallback("obs", group, ctx)  # type: ignore[attr-defined]
 
 
 def _weight_l2(group: ChannelGroup) -> np.ndarray:

@@ -148,6 +148,15 @@ class Prune(Pass):
         plan = self._plan(analysis, eligible, scores, ctx)
         prediction = analysis.predict(plan, ctx.input_shapes or None)
         details = self._details(analysis, plan, skipped, criterion_name, prediction)
+        fallback = getattr(score, "fallback", None)  # data-driven criteria: groups they could not measure
+        fallbacks = [(g, fallback(g, ctx)) for g in eligible] if fallback is not None else []
+        details["fallback"] = [{"group": g.name, "size": g.size, "reason": why} for g, why in fallbacks if why]
+        if details["fallback"]:
+            by_reason: dict[str, list[str]] = {}
+            for entry in details["fallback"]:
+                by_reason.setdefault(entry["reason"], []).append(entry["group"])
+            for why, names in by_reason.items():
+                notes.append(f"criterion {criterion_name}: {len(names)} groups scored by weight l2 instead, {why}: {', '.join(names)}")
         removed = sum(g.size - len(k) for g, k in plan.items())
         if o.dry_run or removed == 0:
             verb = "would remove" if o.dry_run else "nothing to remove:"
@@ -297,13 +306,15 @@ class Prune(Pass):
 
     def _summary(self, details: dict, verb: str) -> str:
         p = details["predicted"]
+        fallback = len(details.get("fallback", ()))
+        criterion = details["criterion"] + (f"; {fallback} groups scored by weight l2, see notes" if fallback else "")
         macs = f"MACs {_human(p['macs_before'])} → {_human(p['macs_after'])}" if p["macs_before"] else "MACs unknown"
         if p["macs_unresolved"]:  # not a total: say which part is missing
             unknown = p["macs_unresolved"]
             macs += f" (+{unknown} layers at shapes inference cannot resolve, e.g. inside If branches, not counted)"
         return (
             f"{verb} {details['channels_before'] - details['channels_after']} of {details['channels_before']} channels "
-            f"in {details['groups_pruned']} groups ({details['criterion']}), {details['groups_frozen']} frozen; "
+            f"in {details['groups_pruned']} groups ({criterion}), {details['groups_frozen']} frozen; "
             f"{macs}, params {_human(p['params_before'])} → {_human(p['params_after'])} (predicted)"
         )
 

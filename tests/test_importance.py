@@ -397,3 +397,22 @@ def test_obs_splits_calibration_runs_by_hessian_budget(monkeypatch):
     assert sum(calls[1:]) == calls[0]
     for a, b in zip(*scores):
         np.testing.assert_allclose(a, b)
+
+
+@pytest.mark.parametrize("criterion", ["activation", "activation_l2", "obs"])
+def test_groups_scored_by_the_weight_l2_fallback_are_reported(criterion):
+    """if_model's layers sit in If branches, which calibration cannot capture: the report must
+    not claim the data-driven criterion for them."""
+    proto = fx.if_model()
+    calib = Calibration([fx.random_inputs(proto, seed=i, batch=8) for i in range(2)])
+    result = Prune(ratio=0.3, criterion=criterion, reconstruct=False).run(model_io.load(proto), PassContext(calibration=calib))
+    fallback = result.details["fallback"]
+    assert {f["group"] for f in fallback} == {e["group"] for e in result.details["pruned"]} != set()
+    assert all("subgraph" in f["reason"] for f in fallback)
+    assert f"({criterion}; {len(fallback)} groups scored by weight l2, see notes)" in result.summary
+    assert any(n.startswith(f"criterion {criterion}: {len(fallback)} groups scored by weight l2 instead") for n in result.notes)
+    # a model calibration can measure reports no fallback
+    proto = fx.resnet()
+    calib = Calibration([fx.random_inputs(proto, seed=i) for i in range(2)])
+    result = Prune(ratio=0.3, criterion=criterion, reconstruct=False).run(model_io.load(proto), PassContext(calibration=calib))
+    assert result.details["fallback"] == [] and "weight l2" not in result.summary
