@@ -26,7 +26,7 @@ import onnx_ir as ir
 import scipy.special
 
 from onnxslim import channels, shapes
-from onnxslim.constants import add_initializer, constant, weight_bytes
+from onnxslim.constants import add_initializer, constant, iter_nodes, weight_bytes
 from onnxslim.errors import UsageError
 from onnxslim.pass_api import Pass, PassContext, PassResult, option
 
@@ -171,7 +171,7 @@ _KEEPS_CONSTANT = {"GlobalAveragePool", "GlobalMaxPool", "MaxPool"}
 
 
 class KnownValues:
-    """Forward analysis of the main graph: which tensor entries are constants, and why.
+    """Forward analysis of the graph and its subgraphs: which tensor entries are constants, and why.
 
     ``known[value]`` is a right-aligned broadcastable array (NaN = not constant).
     ``derived`` holds the values whose knowledge comes from zero weights (as opposed to
@@ -185,7 +185,7 @@ class KnownValues:
         self.known: dict[ir.Value, Known] = {}
         self.derived: set[ir.Value] = set()
         self.constants: set[ir.Value] = set()
-        for node in model.graph:  # ONNX graphs are topologically sorted
+        for node in iter_nodes(model):  # sorted graphs; a subgraph's outer values come first
             self._visit(node)
 
     # -- queries ---------------------------------------------------------------------
@@ -487,18 +487,22 @@ def _collapse(x: Known, shape: tuple, axis: int) -> Known | None:
 
 
 def value_shapes(model: ir.Model) -> dict[str, tuple]:
-    """Inferred shapes by value name (analysis only: the model is not changed)."""
+    """Inferred shapes by value name, subgraphs included (analysis only: the model is not changed)."""
     try:
         proto = shapes.infer(model, strict=False)
     except shapes.ShapeInferenceError:
         return {}
     found: dict[str, tuple] = {}
-    for vi in list(proto.graph.input) + list(proto.graph.value_info) + list(proto.graph.output):
-        tt = vi.type.tensor_type
-        if tt.HasField("shape"):
-            found[vi.name] = tuple(
-                d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
-            )
+    graphs = [proto.graph]
+    while graphs:
+        graph = graphs.pop()
+        for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
+            tt = vi.type.tensor_type
+            if tt.HasField("shape"):
+                found[vi.name] = tuple(
+                    d.dim_value if d.HasField("dim_value") else (d.dim_param or None) for d in tt.shape.dim
+                )
+        graphs += [g for node in graph.node for a in node.attribute for g in ([a.g] if a.HasField("g") else a.graphs)]
     return found
 
 
@@ -523,7 +527,10 @@ _NEUTRAL = {("Add", 0): 0.0, ("Add", 1): 0.0, ("Sub", 1): 0.0, ("Mul", 0): 1.0, 
 
 
 class Editor:
-    """Graph edits shared by the branch and channel steps, with dead-code removal afterwards."""
+    """Graph edits shared by the branch and channel steps, with dead-code removal afterwards.
+
+    New constants are main-graph initializers, which subgraph nodes read as outer-scope values.
+    """
 
     def __init__(self, model: ir.Model):
         self.model = model
@@ -590,7 +597,7 @@ def fold_branches(model: ir.Model, known: KnownValues, editor: Editor, *, apply:
     """
     edits = 0
     shared: dict[ir.Value, ir.Value] = {}
-    for node in list(model.graph):
+    for node in list(iter_nodes(model)):
         if node.op_type not in _BINARY or node.domain not in _DEFAULT_DOMAINS or len(node.inputs) != 2:
             continue
         out = node.outputs[0]
@@ -878,7 +885,8 @@ def remove_channels(
     Returns the plans of groups holding constant or unread channels, the frozen groups that
     hold some (with the reason), and the analysis' MACs/params prediction for the removal.
     """
-    if not any(n.op_type in _LAYERS and len(n.inputs) > 1 and constant(n.inputs[1]) is not None for n in model.graph):
+    layers = (n for n in iter_nodes(model) if n.op_type in _LAYERS and len(n.inputs) > 1)
+    if not any(constant(n.inputs[1]) is not None for n in layers):
         return [], {}, {}  # nothing creates channels (channels.analyze needs at least one layer)
     for attempt in range(2):
         analysis = channels.analyze(model)

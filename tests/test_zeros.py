@@ -68,15 +68,29 @@ def assert_same_outputs(before: onnx.ModelProto, after: onnx.ModelProto, feeds: 
 
 
 def assert_well_formed(before: onnx.ModelProto, after: onnx.ModelProto) -> None:
-    """Checker, strict shape inference, same graph signature, and no orphan initializers."""
+    """Checker, strict shape inference, same graph signature, and no new orphan initializers."""
     onnx.checker.check_model(after)
     onnx.shape_inference.infer_shapes(after, check_type=True, strict_mode=True)
     assert _signature(after.graph.input) == _signature(before.graph.input)
     assert _signature(after.graph.output) == _signature(before.graph.output)
-    used = {name for node in after.graph.node for name in node.input}
-    used |= {o.name for o in after.graph.output}
-    orphans = [t.name for t in after.graph.initializer if t.name not in used]
+    orphans = _orphans(after) - _orphans(before)
     assert not orphans, f"orphan initializers: {orphans}"
+
+
+def _orphans(proto: onnx.ModelProto) -> set[str]:
+    used = {name for graph in _graphs(proto.graph) for node in graph.node for name in node.input}
+    used |= {o.name for o in proto.graph.output}
+    return {t.name for t in proto.graph.initializer if t.name not in used}
+
+
+def _graphs(graph: onnx.GraphProto) -> list[onnx.GraphProto]:
+    """``graph`` and every subgraph in it."""
+    found = [graph]
+    for node in graph.node:
+        for attr in node.attribute:
+            for sub in [attr.g] if attr.HasField("g") else attr.graphs:
+                found += _graphs(sub)
+    return found
 
 
 def _signature(values) -> list:
@@ -203,8 +217,8 @@ def initializer_shapes(proto: onnx.ModelProto) -> dict[str, tuple]:
 
 
 def layer_rows(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, tuple[str, int]]:
-    """Per Conv/Gemm/MatMul with a constant weight: (weight name, output positions per weight
-    element) — MACs are rows x weight size, whatever the channel counts."""
+    """Per Conv/Gemm/MatMul with a constant weight, subgraphs included: (weight name, output
+    positions per weight element) — MACs are rows x weight size, whatever the channel counts."""
     fixed = onnx.ModelProto()
     fixed.CopyFrom(proto)
     for vi in fixed.graph.input:
@@ -212,10 +226,12 @@ def layer_rows(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str
             dim.Clear()
             dim.dim_value = size
     inferred = onnx.shape_inference.infer_shapes(fixed)
-    dims = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in list(inferred.graph.value_info) + list(inferred.graph.output)}
+    graphs = _graphs(inferred.graph)
+    infos = [vi for g in graphs for vi in list(g.value_info) + list(g.output)]
+    dims = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in infos}
     weights = initializer_shapes(proto)
     rows = {}
-    for node in proto.graph.node:
+    for node in (n for g in graphs for n in g.node):
         if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in weights:
             out = dims[node.output[0]]
             channels = out[1] if node.op_type == "Conv" else out[-1]
@@ -600,3 +616,88 @@ def test_mul_by_a_large_all_zero_constant_removes_the_branch():
     assert_same_outputs(proto, out, fx.random_inputs(proto, seed=3))
     assert_well_formed(proto, out)
     assert [n.op_type for n in out.graph.node] == ["Identity"] and not out.graph.initializer
+
+
+# --------------------------------------------------------------------------- subgraphs
+
+
+def test_zero_filters_inside_if_branches_with_outer_scope_weights():
+    """if_model: both If branches read the outer conv and fc weights. Filter 1 emits relu(-1) = 0
+    in both branches; filter 5 emits relu(0.5) and relu(0.75), folded into each branch's Gemm
+    (which share fc.bias: each gets its own copy)."""
+    proto = fx.if_model()
+    edits = {"conv.weight": set_at([1, 5], 0.0), "conv.bias": lambda a: a.put([1, 5], [-1.0, 0.5])}
+    zeroed = edit_weights(proto, edits)
+    shapes = {"conv.weight": (6, 1, 3, 3), "conv.bias": (6,), "fc.weight": (10, 6 * 8 * 8), "fc.bias": None}
+    feeds = fx.random_inputs(proto, seed=4, batch=3)
+    out, _ = check_channel_removal(proto, zeroed, feeds, removed=2, shapes=shapes, added=10)
+    assert_same_outputs(zeroed, out, {"input": -feeds["input"]})  # the other branch
+    assert not any(n.op_type == "Conv" for n in out.graph.node)  # the layers stay in the branches
+
+
+@pytest.mark.skipif(not (CORPUS / "silero_vad_op18_ifless.onnx").exists(), reason="corpus model not downloaded")
+def test_silero_vad_zero_channels_inside_if_branches():
+    """Silero VAD keeps every layer inside an If (16 kHz and 8 kHz branches). 16 kHz: encoder.1
+    filters 0..15 are zero and emit relu(-1) = 0; 8 kHz: encoder.2 never reads inputs 16..31."""
+    proto = onnx.load(CORPUS / "silero_vad_op18_ifless.onnx")
+    zeroed = edit_weights(
+        proto,
+        {
+            "model.encoder.1.reparam_conv.weight": set_at(range(16), 0.0),
+            "model.encoder.1.reparam_conv.bias": set_at(range(16), -1.0),
+            "model_8k.encoder.2.reparam_conv.weight": set_at(range(16, 32), 0.0, axis=1),
+        },
+    )
+    out, result = apply(zeroed)
+    assert result.details["channels_removed"] == 32 and result.details["groups_changed"] == 2
+    assert_well_formed(zeroed, out)
+    shapes = initializer_shapes(out)
+    assert shapes["model.encoder.1.reparam_conv.weight"] == (48, 128, 3)
+    assert shapes["model.encoder.2.reparam_conv.weight"] == (64, 48, 3)
+    assert shapes["model_8k.encoder.1.reparam_conv.weight"] == (48, 128, 3)
+    assert param_count(zeroed) - param_count(out) == 2 * (16 * 128 * 3 + 16 + 64 * 16 * 3)
+    rng = np.random.default_rng(0)
+    state = np.zeros((2, 1, 128), np.float32)
+    for rate, samples in ((16000, 512), (8000, 256)):
+        for _ in range(2):
+            audio = rng.standard_normal((1, samples)).astype(np.float32)
+            assert_same_outputs(zeroed, out, {"input": audio, "sr": np.array(rate), "state": state})
+
+
+def _if_graph_model(then_nodes, weights: dict[str, np.ndarray], width: int) -> onnx.ModelProto:
+    """y = If(c, then_nodes -> "t", MatMul(x, "we") -> "e"); x: [N, 4], y: [N, width]."""
+    out = [helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, ["N", width]) for name in ("t", "e")]
+    then = helper.make_graph(then_nodes, "then", [], [out[0]])
+    other = helper.make_graph([helper.make_node("MatMul", ["x", "we"], ["e"], name="else_mm")], "else", [], [out[1]])
+    model = _graph_model(
+        [helper.make_node("If", ["c"], ["y"], name="if", then_branch=then, else_branch=other)],
+        weights,
+        {"x": ["N", 4]},
+        {"y": ["N", width]},
+    )
+    model.graph.input.append(helper.make_tensor_value_info("c", onnx.TensorProto.BOOL, []))
+    return model
+
+
+def _if_feeds(seed: int) -> list[dict[str, np.ndarray]]:
+    x = np.random.default_rng(seed).standard_normal((3, 4)).astype(np.float32)
+    return [{"x": x, "c": np.array(flag)} for flag in (True, False)]
+
+
+def test_zero_branch_inside_an_if_branch_disappears():
+    """then: y = x + MatMul(x, wz) @ w, with wz (an outer-scope initializer) all zero."""
+    rng = np.random.default_rng(14)
+    nodes = [
+        helper.make_node("MatMul", ["x", "wz"], ["z"], name="mm_zero"),
+        helper.make_node("Add", ["x", "z"], ["s"], name="residual"),
+        helper.make_node("MatMul", ["s", "w"], ["t"], name="mm"),
+    ]
+    proto = _if_graph_model(nodes, {"wz": np.zeros((4, 4), np.float32), "w": _w(rng, 4, 3), "we": _w(rng, 4, 3)}, 3)
+    out, result = apply(proto)
+    assert result.details["branch_edits"] == 1
+    for feeds in _if_feeds(0):
+        assert_same_outputs(proto, out, feeds)
+    assert_well_formed(proto, out)
+    then = next(a.g for a in out.graph.node[0].attribute if a.name == "then_branch")
+    assert [n.op_type for n in then.node] == ["MatMul"] and "wz" not in initializer_shapes(out)
+
