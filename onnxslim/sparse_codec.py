@@ -52,7 +52,7 @@ ORIGIN_NAME_KEY = "onnxslim.csr_origin_name"
 #: most 5 bytes, outside every tensor's entries) can grow by up to 4 when decode nodes join it.
 LENGTH_PREFIX_SLACK = 4
 
-#: Float element types the decode handles (ConstantOfShape accepts them in onnxruntime).
+#: Float element types the decode handles (ConstantOfShape-9 takes these; bfloat16 only from opset 20).
 SUPPORTED_DTYPES = (np.dtype(np.float32), np.dtype(np.float16), np.dtype(np.float64))
 
 _UINT_OF_SIZE = {1: np.uint8, 2: np.uint16, 4: np.uint32, 8: np.uint64}

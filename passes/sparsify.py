@@ -87,6 +87,7 @@ class Sparsify(Pass):
                 return PassResult(False, "nothing converted (opset too old for CSR)", {}, notes)
         converted: list[dict] = []
         grew = 0
+        csr_dtypes: list[str] = []  # of tensors CSR cannot hold
         candidates = _candidates(model)
         for cand in ctx.progress(candidates, "tensors", total=len(candidates)):
             name, array = cand.value.name, cand.numpy()
@@ -98,7 +99,7 @@ class Sparsify(Pass):
                 continue
             csr_dtype = array.dtype in sparse_codec.SUPPORTED_DTYPES
             if opts.format == "csr" and not csr_dtype:
-                grew += 1
+                csr_dtypes.append(str(array.dtype))
                 continue
             before = cand.file_bytes()
             forms = {}  # format -> exact file bytes
@@ -136,6 +137,12 @@ class Sparsify(Pass):
             )
         if grew:
             notes.append(f"{grew} sparse enough tensor(s) left dense: no format would make them smaller")
+        if csr_dtypes:
+            notes.append(
+                f"{len(csr_dtypes)} sparse enough {'/'.join(sorted(set(csr_dtypes)))} tensor(s) left dense: CSR is "
+                "written for float16/32/64 only (the decode's ConstantOfShape takes bfloat16 from opset 20 on); "
+                "format=coo or auto stores them as COO"
+            )
         before = sum(c["bytes_before"] for c in converted)
         after = sum(c["bytes_after"] for c in converted)
         details = {"tensors": converted, "bytes_before": before, "bytes_after": after, "converted": len(converted)}

@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import ml_dtypes
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -328,6 +329,18 @@ def test_small_tensors_near_break_even_never_grow_the_file_and_sizes_are_exact()
                     )
                     assert model_io.to_bytes(back) == model_io.to_bytes(model_io.load(proto))
     assert outcomes == {True, False}  # the sweep crosses the break-even point
+
+
+def test_bfloat16_with_csr_says_why_it_stays_dense():
+    w = np.zeros((64, 64), ml_dtypes.bfloat16)
+    w[::4, ::5] = 1.5
+    proto = _single_matmul(w)
+    _, result = _sparsify(proto, format="csr")
+    assert not result.modified
+    assert any("bfloat16" in n and "float16/32/64" in n for n in result.notes), result.notes
+    assert not any("smaller" in n for n in result.notes)
+    _, result = _sparsify(proto, format="auto")
+    assert [t["format"] for t in result.details["tensors"]] == ["coo"]
 
 
 def _single_matmul(
