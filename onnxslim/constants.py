@@ -360,8 +360,9 @@ def all_graphs(model: ir.Model) -> Iterator[ir.Graph]:
 
 
 def add_initializer(graph: ir.Graph, name_hint: str, array: np.ndarray) -> ir.Value:
-    """Register a new initializer with a name unique in the graph."""
-    taken = {v.name for v in graph.initializers.values()} | {v.name for n in graph for v in n.outputs} | {v.name for v in graph.inputs}
+    """Register a new initializer with a name unique in the graph (its subgraphs' values included)."""
+    taken = {v.name for v in graph.initializers.values()} | {v.name for v in graph.inputs}
+    taken |= {v.name for n in iter_nodes(graph) for v in n.outputs}
     name = name_hint
     i = 1
     while name in taken:

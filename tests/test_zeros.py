@@ -701,3 +701,22 @@ def test_zero_branch_inside_an_if_branch_disappears():
     then = next(a.g for a in out.graph.node[0].attribute if a.name == "then_branch")
     assert [n.op_type for n in then.node] == ["MatMul"] and "wz" not in initializer_shapes(out)
 
+
+def test_constants_added_for_a_branch_get_names_unused_in_the_branch():
+    """fc2 has no C: folding relu(bias) of fc1's zero neurons creates "fc2_bias", a name the
+    branch already uses for another value."""
+    rng = np.random.default_rng(15)
+    w1, b1 = _w(rng, 6, 4), _w(rng, 6)
+    w1[[2, 4]] = 0
+    b1[[2, 4]] = [1.5, 0.7]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1", transB=1),
+        helper.make_node("Relu", ["h"], ["fc2_bias"], name="relu"),
+        helper.make_node("Gemm", ["fc2_bias", "w2"], ["t"], name="fc2", transB=1),
+    ]
+    proto = _if_graph_model(nodes, {"w1": w1, "b1": b1, "w2": _w(rng, 3, 6), "we": _w(rng, 4, 3)}, 3)
+    out, result = apply(proto)
+    assert result.details["channels_removed"] == 2
+    for feeds in _if_feeds(1):
+        assert_same_outputs(proto, out, feeds)
+    assert_well_formed(proto, out)
