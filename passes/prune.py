@@ -103,13 +103,16 @@ class Prune(Pass):
             "auto", "importance: auto = activation (mean |x|) with calibration data, else l2"
         )
         target: Literal["per_group", "global", "macs"] = option(
-            "per_group", "per_group ratio, global ranking with normalised scores, or reach a MACs fraction"
+            "per_group",
+            "per_group ratio, global ranking with normalised scores (ratio of all their channels), or reach a MACs fraction",
         )
         macs: float = option(0.5, "with target=macs: fraction of the original MACs to keep")
         round_to: int = option(1, "keep a multiple of this many channels per group (not for heads)")
         min_channels: int = option(1, "never keep fewer channels than this in a group")
         exclude: list[str] = option([], "glob patterns of layer or weight names whose groups stay whole")
-        layer_ratios: dict[str, float] = option({}, "per-layer ratio overrides: pattern=ratio")
+        layer_ratios: dict[str, float] = option(
+            {}, "per-layer ratio overrides: pattern=ratio (target=global/macs rank or bisect the other groups only)"
+        )
         heads: bool = option(True, "prune whole attention heads")
         ffn: bool = option(True, "prune Gemm/MatMul features (FFN intermediate dims, MLP hidden units)")
         residual: bool = option(False, "also prune the residual stream (hidden size, through LayerNorm)")
@@ -221,10 +224,14 @@ class Prune(Pass):
         return eligible, skipped
 
     def _ratio(self, group: ChannelGroup) -> float:
+        fixed = self._override(group)
+        return self.options.ratio if fixed is None else fixed
+
+    def _override(self, group: ChannelGroup) -> float | None:
         for pattern, value in self.options.layer_ratios.items():
             if _matches(group, [pattern]):
                 return value
-        return self.options.ratio
+        return None
 
     # -- selection ---------------------------------------------------------------------
 
@@ -239,16 +246,21 @@ class Prune(Pass):
         o = self.options
         if not groups:
             return {}
-        if o.target == "per_group":
-            counts = {g: self._n_keep(g, int(np.floor(g.size * self._ratio(g) + 1e-9))) for g in groups}
-        elif o.target == "global":
-            counts = self._global_counts(groups, scores, o.ratio)
-        else:
-            counts = self._macs_counts(analysis, groups, scores, ctx.input_shapes or None)
+        counts = {g: self._n_keep(g, int(np.floor(g.size * self._ratio(g) + 1e-9))) for g in groups}
+        if o.target != "per_group":  # groups with a layer_ratios override keep their own ratio
+            fixed = {g: n for g, n in counts.items() if self._override(g) is not None}
+            free = [g for g in groups if g not in fixed]
+            if o.target == "global":
+                ranked = self._global_counts(free, scores, o.ratio)
+            else:
+                ranked = self._macs_counts(analysis, free, scores, fixed, ctx.input_shapes or None)
+            counts = {**fixed, **ranked}
         return {g: np.sort(np.argsort(-scores[g], kind="stable")[: counts[g]]) for g in groups}
 
     def _global_counts(self, groups, scores, fraction: float) -> dict[ChannelGroup, int]:
         """Remove the ``fraction`` of all slots with the lowest normalised scores."""
+        if not groups:
+            return {}
         normalised = [scores[g] / (scores[g].mean() or 1.0) for g in groups]
         owner = np.concatenate([np.full(g.size, i) for i, g in enumerate(groups)])
         order = np.argsort(np.concatenate(normalised), kind="stable")
@@ -256,16 +268,16 @@ class Prune(Pass):
         removed = np.bincount(owner[order[:n_remove]], minlength=len(groups))
         return {g: self._n_keep(g, int(min(removed[i], g.size - 1))) for i, g in enumerate(groups)}
 
-    def _macs_counts(self, analysis: ChannelAnalysis, groups, scores, input_shapes) -> dict[ChannelGroup, int]:
+    def _macs_counts(self, analysis: ChannelAnalysis, groups, scores, fixed, input_shapes) -> dict[ChannelGroup, int]:
         """Global ranking, with the removed fraction found by bisection to reach the MACs target
-        (MACs at the validation input shapes)."""
+        (MACs at the validation input shapes; the ``fixed`` groups' counts are given)."""
         base = analysis.predict(None, input_shapes)["macs_before"]
         if not base:
             raise UsageError("prune:target=macs: no layer's MACs can be counted at these input shapes (--input-shape)")
 
         def counts_for(fraction: float):
             counts = self._global_counts(groups, scores, fraction)
-            plan = {g: np.sort(np.argsort(-scores[g], kind="stable")[: counts[g]]) for g in groups}
+            plan = {g: np.sort(np.argsort(-scores[g], kind="stable")[: n]) for g, n in {**fixed, **counts}.items()}
             return counts, analysis.predict(plan, input_shapes)["macs_after"] / base
 
         lo, hi = 0.0, 0.99

@@ -324,6 +324,26 @@ def test_global_target_removes_the_overall_fraction():
     assert d["channels_before"] - d["channels_after"] == int(0.4 * d["channels_before"])
 
 
+@pytest.mark.parametrize("target", ["global", "macs"])
+def test_layer_ratios_hold_under_global_and_macs_targets(target):
+    """Overridden groups take their fixed ratio; the ranking (or MACs bisection) covers the rest."""
+    overrides = {"layer2.0.conv1*": 0.75, "layer1.0.conv1*": 0.0}
+    model = model_io.load(fx.resnet())
+    result = Prune(target=target, ratio=0.4, macs=0.6, layer_ratios=overrides).run(model, PassContext())
+    d = result.details
+    pruned = {e["group"]: (e["before"], e["after"]) for e in d["pruned"]}
+    assert pruned["layer2.0.conv1/Conv"] == (32, 8)
+    assert "layer1.0.conv1/Conv" not in pruned
+    assert {s["group"]: s["reason"] for s in d["skipped"]}["layer1.0.conv1/Conv"] == "ratio 0"
+    others = [e for e in d["pruned"] if e["group"] != "layer2.0.conv1/Conv"]
+    if target == "global":  # 40% of the other groups' channels, ranked together
+        before = d["channels_before"] - 32
+        assert sum(e["before"] - e["after"] for e in others) == int(0.4 * before)
+    else:
+        assert d["predicted"]["macs_after"] <= 0.6 * d["predicted"]["macs_before"]
+        assert d["predicted"]["macs_after"] >= 0.5 * d["predicted"]["macs_before"]
+
+
 def test_macs_target_is_reached():
     model = model_io.load(fx.resnet())
     result = Prune(target="macs", macs=0.5).run(model, PassContext())
