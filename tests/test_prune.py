@@ -317,6 +317,71 @@ def test_l2_keeps_the_strongest_filters():
     assert sorted(removed) == sorted(np.argsort(score)[:64].tolist())
 
 
+def _removed(result, group: str) -> list[int]:
+    return sorted(next(e for e in result.details["pruned"] if e["group"] == group)["removed"])
+
+
+def _weights(proto) -> dict[str, np.ndarray]:
+    return {t.name: onnx.numpy_helper.to_array(t) for t in proto.graph.initializer}
+
+
+def test_bn_keeps_the_channels_with_the_largest_gamma():
+    """The stem group holds bn1 and both layer1 blocks' bn2: slots ranked by Σ|γ| over them."""
+    proto = fx.resnet()
+    w = _weights(proto)
+    gamma = sum(np.abs(w[n]) for n in ("bn1.weight", "layer1.0.bn2.weight", "layer1.1.bn2.weight"))
+    result = Prune(ratio=0.5, criterion="bn").run(model_io.load(proto), PassContext())
+    assert _removed(result, "conv1/Conv") == sorted(np.argsort(gamma)[:8].tolist())
+    l2 = Prune(ratio=0.5, criterion="l2").run(model_io.load(proto), PassContext())
+    assert _removed(l2, "conv1/Conv") != _removed(result, "conv1/Conv")
+
+
+@pytest.mark.parametrize("criterion, removed", [("l1", [1]), ("l2", [0])])
+def test_l1_and_l2_rank_spread_and_peaked_filters_differently(criterion, removed):
+    """Filter 0 is spread ([1,1,1,1]: L1 4, L2 2), filter 1 peaked ([3,0,0,0]: L1 3, L2 3)."""
+    h = onnx.helper
+    w1 = np.array([[1, 1, 1, 1], [3, 0, 0, 0], [5, 5, 5, 5]], dtype=np.float32)
+    init = [onnx.numpy_helper.from_array(w1, "w1"), onnx.numpy_helper.from_array(np.full((3, 2), 1e-3, np.float32), "w2")]
+    nodes = [
+        h.make_node("Gemm", ["x", "w1"], ["a"], name="fc1", transB=1),
+        h.make_node("Relu", ["a"], ["r"], name="relu"),
+        h.make_node("Gemm", ["r", "w2"], ["y"], name="fc2"),
+    ]
+    graph = h.make_graph(
+        nodes,
+        "tiny",
+        [h.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 4])],
+        [h.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 2])],
+        initializer=init,
+    )
+    proto = h.make_model(graph, opset_imports=[h.make_opsetid("", 17)], ir_version=10)
+    result = Prune(ratio=0.34, criterion=criterion).run(model_io.load(proto), PassContext())
+    assert _removed(result, "fc1") == removed
+
+
+def test_random_depends_on_the_seed_and_is_reproducible():
+    def removed(seed):
+        result = Prune(ratio=0.5, criterion="random").run(model_io.load(fx.resnet()), PassContext(seed=seed))
+        return [e["removed"] for e in result.details["pruned"]]
+
+    assert removed(1) == removed(1)
+    assert removed(1) != removed(2)
+
+
+def test_activation_keeps_the_channels_with_the_largest_mean_abs_on_calibration_data():
+    from onnxslim.calibration import Calibration
+
+    proto = fx.mlp()
+    samples = [fx.random_inputs(proto, seed=i, batch=16) for i in range(3)]
+    w = _weights(proto)
+    x = np.concatenate([s["input"] for s in samples]).astype(np.float64)
+    mean_abs = np.abs(np.maximum(x @ w["fc1.weight"].T + w["fc1.bias"], 0)).mean(axis=0)  # what fc2 reads
+    ctx = PassContext(calibration=Calibration(samples))
+    result = Prune(ratio=0.5, criterion="activation", reconstruct=False).run(model_io.load(proto), ctx)
+    assert _removed(result, "fc1/Gemm") == sorted(np.argsort(mean_abs)[:64].tolist())
+    assert _removed(result, "fc1/Gemm") != _removed(Prune(ratio=0.5).run(model_io.load(proto), PassContext()), "fc1/Gemm")
+
+
 def test_global_target_removes_the_overall_fraction():
     model = model_io.load(fx.resnet())
     result = Prune(ratio=0.4, target="global").run(model, PassContext())
