@@ -46,7 +46,7 @@ MIN_OPSET = 11
 ROLE_KEY = "onnxslim.csr_role"
 #: On the output node: where the dense tensor lived before ("initializer" or "constant_node").
 ORIGIN_KEY = "onnxslim.csr_origin"
-#: On the output node of a former Constant node: that node's name, restored by densify.
+#: On the output node of a former Constant node: that node's name (even empty), restored by densify.
 ORIGIN_NAME_KEY = "onnxslim.csr_origin_name"
 #: Bytes a replacement must save beyond its own: the main graph's length prefix (a varint of at
 #: most 5 bytes, outside every tensor's entries) can grow by up to 4 when decode nodes join it.
@@ -268,9 +268,23 @@ def discard_decode(graph: ir.Graph, nodes: list[ir.Node]) -> None:
         graph.initializers.pop(value.name)
 
 
+def move_initializers(graph: ir.Graph, values: list[ir.Value], before: str) -> None:
+    """Re-register ``values`` (initializers of ``graph``) just before initializer ``before``: a
+    replacement takes the place of what it replaces, so a round trip keeps the file's order."""
+    moving = {id(v) for v in values}
+    order = list(graph.initializers.values())
+    graph.initializers.clear()
+    for value in order:
+        if value.name == before:
+            for v in values:
+                graph.initializers.add(v)
+        if id(value) not in moving:
+            graph.initializers.add(value)
+
+
 def _mark_origin(node: ir.Node, origin: str, origin_name: str | None) -> None:
     node.metadata_props[ORIGIN_KEY] = origin
-    if origin_name:
+    if origin_name is not None:
         node.metadata_props[ORIGIN_NAME_KEY] = origin_name
 
 

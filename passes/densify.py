@@ -70,6 +70,10 @@ def _replace_decode(decode: sparse_codec.Decode, dense: np.ndarray) -> tuple[ir.
     else:
         set_tensor(value, dense)
         graph.register_initializer(value)
+        components = {id(v) for v in component_inputs}
+        first = next((v for v in graph.initializers.values() if id(v) in components), None)
+        if first is not None:
+            sparse_codec.move_initializers(graph, [value], before=first.name)
     old.replace_all_uses_with(value, replace_graph_outputs=True)
     graph.remove(decode.nodes, safe=True)
     for component in component_inputs:  # values, indices, shapes: gone unless shared

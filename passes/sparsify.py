@@ -104,7 +104,7 @@ class Sparsify(Pass):
             before = cand.file_bytes()
             forms = {}  # format -> exact file bytes
             if csr_ok and opts.format != "coo" and csr_dtype and array.ndim >= 1:
-                origin_name = cand.node.name if cand.node is not None else None
+                origin_name = (cand.node.name or "") if cand.node is not None else None
                 nodes, dense = sparse_codec.build_decode(
                     cand.graph, name, sparse_codec.encode(array), cand.origin, origin_name
                 )
@@ -191,6 +191,7 @@ def _candidates(model: ir.Model) -> list[_Candidate]:
 def _store_csr(cand: _Candidate, nodes: list[ir.Node], dense: ir.Value) -> None:
     graph, old = cand.graph, cand.value
     if cand.node is None:
+        sparse_codec.move_initializers(graph, sparse_codec.decode_inputs(nodes), before=old.name)
         graph.initializers.pop(old.name)
     old.name = f"{old.name}.dense_replaced"  # about to be detached; the decode output takes the name
     anchor = cand.node if cand.node is not None else next(iter(graph), None)

@@ -124,6 +124,8 @@ def test_csr_outputs_identical_full_check_and_exact_densify(name):
     assert dres.modified
     assert _initializer_bytes(back) == _initializer_bytes(proto)
     assert [n.op_type for n in back.graph.node] == [n.op_type for n in proto.graph.node]
+    # the whole file, initializer order included
+    assert model_io.to_bytes(model_io.load(back)) == model_io.to_bytes(model_io.load(proto))
 
 
 def test_csr_conv_weight_is_4d_and_columns_narrow():
@@ -181,6 +183,18 @@ def test_weights_in_constant_nodes_round_trip_as_constant_nodes():
     before = {n.output[0]: n.attribute[0].t.SerializeToString() for n in proto.graph.node if n.op_type == "Constant"}
     after = {n.output[0]: n.attribute[0].t.SerializeToString() for n in back.graph.node if n.op_type == "Constant"}
     assert after == before
+
+
+def test_unnamed_constant_nodes_come_back_unnamed():
+    proto = _as_constant_nodes(_pruned(fx.mlp(), 0.9))
+    for node in proto.graph.node:
+        if node.op_type == "Constant":
+            node.ClearField("name")  # as Paddle exports them
+    out, result = _sparsify(proto, format="csr")
+    assert result.details["converted"] == 3
+    back, _ = _densify(out)
+    assert [n.name for n in back.graph.node if n.op_type == "Constant"] == [""] * 8
+    assert model_io.to_bytes(model_io.load(back)) == model_io.to_bytes(model_io.load(proto))
 
 
 def _if_with_branch_local_weights() -> onnx.ModelProto:
@@ -301,7 +315,7 @@ def test_small_tensors_near_break_even_never_grow_the_file_and_sizes_are_exact()
     length prefix) and densify reports the very same bytes for the same tensors."""
     outcomes = set()
     for dtype, shape in ((np.float32, (32, 64)), (np.float16, (256, 16))):
-        for name, constant_node in (("W", None), ("a" * 100, None), ("b" * 60, "c" * 60)):
+        for name, constant_node in (("W", None), ("a" * 100, None), ("b" * 60, "c" * 60), ("W", "")):
             for sparsity in np.arange(0.6, 0.86, 0.015):
                 w = np.random.default_rng(1).standard_normal(shape).astype(dtype)
                 w[np.abs(w) < np.quantile(np.abs(w), sparsity)] = 0
