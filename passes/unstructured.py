@@ -12,7 +12,8 @@ Scores every weight and zeroes the lowest:
 of every ``m`` consecutive weights along the input dimension (2:4 and friends) instead of a
 sparsity target. The weights are replaced where they are stored (initializer, Constant node,
 outer-scope initializer of an If branch); nothing is duplicated. The file does not shrink
-until ``sparsify`` stores the zeros sparsely.
+until ``sparsify`` stores the zeros sparsely. Run it before ``sparsify`` (or ``densify`` first):
+weights behind CSR decodes are not visible to it, and a note says how many there are.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim import shapes
+from onnxslim import shapes, sparse_codec
 from onnxslim.constants import ConstantTensor, constant, iter_nodes
 from onnxslim.errors import UsageError
 from onnxslim.pass_api import Pass, PassContext, PassResult, option
@@ -79,6 +80,12 @@ class Unstructured(Pass):
         if opts.criterion == "wanda" and ctx.calibration is None:
             raise UsageError("unstructured:criterion=wanda needs calibration data (--calibration data.npz)")
         notes: list[str] = []
+        hidden = sum(1 for _ in sparse_codec.find_decodes(model))
+        if hidden:
+            notes.append(
+                f"{hidden} weight(s) stored sparse (CSR, from sparsify) are not visible to this pass: "
+                "run densify first, or unstructured before sparsify"
+            )
         layers = self._layers(model, notes)
         if opts.criterion == "wanda":
             norms = _input_norms(model, layers, ctx, notes)

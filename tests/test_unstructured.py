@@ -228,3 +228,13 @@ def test_minilm_from_corpus_with_wanda():
     result = Unstructured(criterion="wanda", sparsity=0.5).run(model, PassContext(calibration=Calibration(feeds)))
     assert result.details["layers_changed"] >= 18
     assert result.details["sparsity_after"] == pytest.approx(0.5, abs=0.01)
+
+
+def test_weights_stored_as_csr_are_named_in_a_note():
+    from onnxslim.passes.sparsify import Sparsify
+
+    model, *_ = _run(fx.mlp(), sparsity=0.9)
+    assert Sparsify(format="csr", min_size=64).run(model, PassContext()).details["converted"] == 3
+    *_, result = _run(model_io.to_proto(model), sparsity=0.95)
+    notes = " ".join(result.notes)
+    assert "3 weight(s) stored sparse (CSR" in notes and "densify first" in notes
