@@ -216,9 +216,13 @@ def initializer_shapes(proto: onnx.ModelProto) -> dict[str, tuple]:
     return {t.name: tuple(t.dims) for t in proto.graph.initializer}
 
 
+_LAYERS = ("Conv", "ConvTranspose", "Gemm", "MatMul")
+
+
 def layer_rows(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str, tuple[str, int]]:
-    """Per Conv/Gemm/MatMul with a constant weight, subgraphs included: (weight name, output
-    positions per weight element) — MACs are rows x weight size, whatever the channel counts."""
+    """Per Conv/ConvTranspose/Gemm/MatMul with a constant weight, subgraphs included: (weight
+    name, output positions per weight element; input positions for ConvTranspose) — MACs are
+    rows x weight size, whatever the channel counts."""
     fixed = onnx.ModelProto()
     fixed.CopyFrom(proto)
     for vi in fixed.graph.input:
@@ -227,14 +231,14 @@ def layer_rows(proto: onnx.ModelProto, feeds: dict[str, np.ndarray]) -> dict[str
             dim.dim_value = size
     inferred = onnx.shape_inference.infer_shapes(fixed)
     graphs = _graphs(inferred.graph)
-    infos = [vi for g in graphs for vi in list(g.value_info) + list(g.output)]
+    infos = [vi for g in graphs for vi in list(g.input) + list(g.value_info) + list(g.output)]
     dims = {vi.name: [d.dim_value for d in vi.type.tensor_type.shape.dim] for vi in infos}
     weights = initializer_shapes(proto)
     rows = {}
     for node in (n for g in graphs for n in g.node):
-        if node.op_type in ("Conv", "Gemm", "MatMul") and len(node.input) > 1 and node.input[1] in weights:
-            out = dims[node.output[0]]
-            channels = out[1] if node.op_type == "Conv" else out[-1]
+        if node.op_type in _LAYERS and len(node.input) > 1 and node.input[1] in weights:
+            out = dims[node.input[0] if node.op_type == "ConvTranspose" else node.output[0]]
+            channels = out[1] if node.op_type in ("Conv", "ConvTranspose") else out[-1]
             rows[node.name] = (node.input[1], int(np.prod(out)) // channels)
     return rows
 
@@ -720,3 +724,119 @@ def test_constants_added_for_a_branch_get_names_unused_in_the_branch():
     for feeds in _if_feeds(1):
         assert_same_outputs(proto, out, feeds)
     assert_well_formed(proto, out)
+
+
+# --------------------------------------------------------------------------- layer kinds
+
+
+def _conv(name: str, x: str, w: str, b: str | None, y: str, **attrs) -> onnx.NodeProto:
+    return helper.make_node(attrs.pop("op", "Conv"), [x, w] + ([b] if b else []), [y], name=name, **attrs)
+
+
+def test_conv_transpose_producer_zero_filters_fold_into_a_1x1_conv():
+    """ConvTranspose weight [Cin, Cout, k, k]: filters 1 and 4 (axis 1) are zero, relu(bias) > 0."""
+    rng = np.random.default_rng(16)
+    w, b = _w(rng, 8, 6, 2, 2), _w(rng, 6)
+    w[:, [1, 4]] = 0
+    b[[1, 4]] = [0.7, 0.2]
+    nodes = [
+        _conv("up", "x", "w", "b", "t", op="ConvTranspose", strides=[2, 2]),
+        helper.make_node("Relu", ["t"], ["r"], name="relu"),
+        _conv("head", "r", "w2", "b2", "y"),
+    ]
+    weights = {"w": w, "b": b, "w2": _w(rng, 5, 6, 1, 1), "b2": _w(rng, 5)}
+    proto = _graph_model(nodes, weights, {"x": ["N", 8, 5, 5]}, {"y": ["N", 5, 10, 10]})
+    shapes = {"w": (8, 4, 2, 2), "b": (4,), "w2": (5, 4, 1, 1)}
+    check_channel_removal(proto, proto, fx.random_inputs(proto, seed=5), removed=2, shapes=shapes)
+
+
+def test_conv_transpose_consumer_unread_inputs_remove_the_producer_filters():
+    """ConvTranspose rows 0 and 3 (its input channels, axis 0) are zero: the conv before loses them."""
+    rng = np.random.default_rng(17)
+    w2 = _w(rng, 6, 4, 3, 3)
+    w2[[0, 3]] = 0
+    nodes = [
+        _conv("conv", "x", "w", "b", "c", pads=[1] * 4),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        _conv("up", "r", "w2", None, "y", op="ConvTranspose", strides=[2, 2], pads=[1] * 4),
+    ]
+    weights = {"w": _w(rng, 6, 3, 3, 3), "b": _w(rng, 6), "w2": w2}
+    proto = _graph_model(nodes, weights, {"x": ["N", 3, 8, 8]}, {"y": ["N", 4, 15, 15]})
+    shapes = {"w": (4, 3, 3, 3), "b": (4,), "w2": (4, 4, 3, 3)}
+    check_channel_removal(proto, proto, fx.random_inputs(proto, seed=6), removed=2, shapes=shapes)
+
+
+def test_prelu_slopes_are_sliced_with_their_channels():
+    """Zero filters 2 and 5 emit PRelu(-1) = -slope and PRelu(0.5) = 0.5; GAP -> Flatten -> Gemm folds them."""
+    rng = np.random.default_rng(18)
+    w, b = _w(rng, 8, 3, 3, 3), _w(rng, 8)
+    w[[2, 5]] = 0
+    b[[2, 5]] = [-1.0, 0.5]
+    nodes = [
+        _conv("conv", "x", "w", "b", "c", pads=[1] * 4),
+        helper.make_node("PRelu", ["c", "slope"], ["p"], name="prelu"),
+        helper.make_node("GlobalAveragePool", ["p"], ["g"], name="gap"),
+        helper.make_node("Flatten", ["g"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", transB=1),
+    ]
+    weights = {"w": w, "b": b, "slope": np.abs(_w(rng, 8, 1, 1)) + 0.1, "fw": _w(rng, 4, 8), "fb": _w(rng, 4)}
+    proto = _graph_model(nodes, weights, {"x": ["N", 3, 6, 6]}, {"y": ["N", 4]})
+    shapes = {"w": (6, 3, 3, 3), "b": (6,), "slope": (6, 1, 1), "fw": (4, 6)}
+    check_channel_removal(proto, proto, fx.random_inputs(proto, seed=7), removed=2, shapes=shapes)
+
+
+def test_gemm_producer_with_trans_b_0_loses_its_zero_columns():
+    """fc1 weight [K, N] (transB=0): columns 1 and 3 are zero, relu(bias) folds into fc2."""
+    rng = np.random.default_rng(19)
+    w1, b1 = _w(rng, 4, 6), _w(rng, 6)
+    w1[:, [1, 3]] = 0
+    b1[[1, 3]] = [0.4, -0.3]
+    nodes = [
+        helper.make_node("Gemm", ["x", "w1", "b1"], ["h"], name="fc1"),
+        helper.make_node("Relu", ["h"], ["r"], name="relu"),
+        helper.make_node("Gemm", ["r", "w2", "b2"], ["y"], name="fc2", transB=1),
+    ]
+    weights = {"w1": w1, "b1": b1, "w2": _w(rng, 3, 6), "b2": _w(rng, 3)}
+    proto = _graph_model(nodes, weights, {"x": ["N", 4]}, {"y": ["N", 3]})
+    shapes = {"w1": (4, 4), "b1": (4,), "w2": (3, 4)}
+    check_channel_removal(proto, proto, fx.random_inputs(proto, seed=8, batch=5), removed=2, shapes=shapes)
+
+
+def test_flatten_of_channels_by_space_into_gemm():
+    """Conv filter 1 is zero with bias 0.9: relu(0.9) fills its 5x5 plane, so Flatten's features
+    25..49 are 0.9 and the Gemm (transB=0, alpha 0.5, beta 2) absorbs them and loses 25 rows."""
+    rng = np.random.default_rng(20)
+    w, b = _w(rng, 4, 3, 3, 3), _w(rng, 4)
+    w[1] = 0
+    b[1] = 0.9
+    nodes = [
+        _conv("conv", "x", "w", "b", "c", pads=[1] * 4),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        helper.make_node("Flatten", ["r"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", alpha=0.5, beta=2.0),
+    ]
+    weights = {"w": w, "b": b, "fw": _w(rng, 4 * 5 * 5, 3), "fb": _w(rng, 3)}
+    proto = _graph_model(nodes, weights, {"x": ["N", 3, 5, 5]}, {"y": ["N", 3]})
+    shapes = {"w": (3, 3, 3, 3), "b": (3,), "fw": (3 * 5 * 5, 3)}
+    check_channel_removal(proto, proto, fx.random_inputs(proto, seed=9), removed=1, shapes=shapes)
+
+
+def test_depthwise_with_two_outputs_per_input_channel():
+    """group = 6, 12 outputs: both depthwise filters of input channel 2 (outputs 4, 5) are zero.
+    conv's filter 2 is then unread, and relu(bias) of outputs 4, 5 folds into the 1x1 conv."""
+    rng = np.random.default_rng(21)
+    dw = _w(rng, 12, 1, 3, 3)
+    dw[[4, 5]] = 0
+    nodes = [
+        _conv("conv", "x", "w", "b", "c", pads=[1] * 4),
+        helper.make_node("Relu", ["c"], ["r"], name="relu"),
+        _conv("dw", "r", "dw", "db", "d", pads=[1] * 4, group=6),
+        helper.make_node("Relu", ["d"], ["dr"], name="relu_dw"),
+        _conv("pw", "dr", "pw", "pb", "y"),
+    ]
+    weights = {"w": _w(rng, 6, 3, 3, 3), "b": _w(rng, 6), "dw": dw, "db": np.abs(_w(rng, 12))}
+    weights |= {"pw": _w(rng, 4, 12, 1, 1), "pb": _w(rng, 4)}
+    proto = _graph_model(nodes, weights, {"x": ["N", 3, 8, 8]}, {"y": ["N", 4, 8, 8]})
+    shapes = {"w": (5, 3, 3, 3), "b": (5,), "dw": (10, 1, 3, 3), "db": (10,), "pw": (4, 10, 1, 1)}
+    out, _ = check_channel_removal(proto, proto, fx.random_inputs(proto, seed=10), removed=1, shapes=shapes)
+    assert next(a.i for a in out.graph.node[2].attribute if a.name == "group") == 5
