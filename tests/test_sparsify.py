@@ -155,6 +155,29 @@ def test_decode_nodes_are_tagged_and_folded_by_onnxruntime(tmp_path):
         assert not ops & {"ScatterElements", "CumSum", "ConstantOfShape"}, ops
 
 
+def test_decode_of_a_4d_conv_weight_is_folded_and_outputs_are_bit_identical(tmp_path):
+    w = np.random.default_rng(0).standard_normal((64, 32, 3, 3)).astype(np.float32)
+    w[np.abs(w) < np.quantile(np.abs(w), 0.9)] = 0
+    graph = helper.make_graph(
+        [helper.make_node("Conv", ["x", "W"], ["y"], name="conv", pads=[1, 1, 1, 1])],
+        "g",
+        [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, [1, 32, 16, 16])],
+        [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, [1, 64, 16, 16])],
+        [numpy_helper.from_array(w, "W")],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    proto.ir_version = 8
+    out, result = _sparsify(proto, format="csr")
+    assert result.details["tensors"][0]["shape"] == [64, 32, 3, 3]
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "opt.onnx")  # default level: ORT_ENABLE_ALL
+    ort.InferenceSession(out.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+    ops = {n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node}
+    assert "Conv" in ops and not ops & {"ScatterElements", "CumSum", "ConstantOfShape", "Reshape"}, ops
+    feeds = {"x": np.random.default_rng(1).standard_normal((1, 32, 16, 16)).astype(np.float32)}
+    assert _outputs(out, feeds, "default")["y"].tobytes() == _outputs(proto, feeds, "default")["y"].tobytes()
+
+
 def _as_constant_nodes(proto: onnx.ModelProto) -> onnx.ModelProto:
     """Every initializer moved into a Constant node, as Paddle exports do."""
     out = onnx.ModelProto()
@@ -392,6 +415,17 @@ def test_csr_needs_opset_11_and_auto_falls_back_to_coo():
     assert len(out.graph.sparse_initializer) == 1
 
 
+def test_csr_works_from_opset_11():
+    w = np.zeros((64, 64), np.float32)
+    w[::4, ::5] = 1.5
+    proto = _single_matmul(w, opset=11)
+    out, result = _sparsify(proto, format="csr")
+    assert [t["format"] for t in result.details["tensors"]] == ["csr"] and not result.notes
+    onnx.checker.check_model(out, full_check=True)
+    feeds = {"x": np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)}
+    assert _outputs(out, feeds, "default")["y"].tobytes() == _outputs(proto, feeds, "default")["y"].tobytes()
+
+
 def test_existing_sparse_initializers_are_preserved_by_sparsify_and_densified_on_request():
     proto = fx.sparse_initializer_model()
     out, result = _sparsify(proto, format="csr")
@@ -466,6 +500,27 @@ def test_external_data_model_round_trip(tmp_path):
     assert _initializer_bytes(back) == _initializer_bytes(proto)
 
 
+def test_coo_external_data_round_trip(tmp_path):
+    proto = _pruned(fx.bert_block(), 0.9)
+    model_io.save(model_io.load(proto), tmp_path / "dense.onnx", external_data=True)
+    model = model_io.load(tmp_path / "dense.onnx")
+    # the FFN weights become COO; the smaller ones stay dense, in the data file
+    assert Sparsify(format="coo", min_size=10_000).run(model, PassContext()).details["converted"] == 2
+    model_io.save(model, tmp_path / "coo.onnx", external_data=True)
+    saved = onnx.load(str(tmp_path / "coo.onnx"), load_external_data=False)
+    assert len(saved.graph.sparse_initializer) == 2
+    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in saved.graph.initializer)
+    sparse = model_io.load(tmp_path / "coo.onnx")
+    feeds = fx.random_inputs(proto, seed=0)
+    ref, got = _outputs(proto, feeds, "default"), _outputs(model_io.to_proto(sparse), feeds, "default")
+    assert all(got[k].tobytes() == ref[k].tobytes() for k in ref)
+    assert Densify().run(sparse, PassContext()).modified
+    model_io.save(sparse, tmp_path / "back.onnx", external_data=True)
+    back = model_io.to_proto(model_io.load(tmp_path / "back.onnx"))
+    assert not back.graph.sparse_initializer
+    assert _initializer_bytes(back) == _initializer_bytes(proto)
+
+
 def test_through_optimize_lossless_and_reported():
     proto = _pruned(fx.resnet(), 0.9)
     result = optimize(proto, "sparsify:format=csr")
@@ -491,6 +546,23 @@ def test_cli_unstructured_then_sparsify_then_densify(tmp_path):
     assert not [n for n in restored.graph.node if n.name.endswith("/csr/output")]
     feeds = fx.random_inputs(restored, seed=0)
     ref, got = _outputs(onnx.load(str(sparse)), feeds, "default"), _outputs(restored, feeds, "default")
+    assert all(got[k].tobytes() == ref[k].tobytes() for k in ref)
+
+
+def test_cli_keeps_existing_sparse_initializers_of_a_model_file_and_densifies_them(tmp_path):
+    from onnxslim.cli import main
+
+    src, kept, dense = tmp_path / "in.onnx", tmp_path / "kept.onnx", tmp_path / "dense.onnx"
+    onnx.save(fx.sparse_initializer_model(), src)
+    original = onnx.load(str(src)).graph.sparse_initializer[0]
+    assert main([str(src), str(kept), "--passes", "cleanup,sparsify"]) == 0
+    (again,) = onnx.load(str(kept)).graph.sparse_initializer
+    assert again.SerializeToString() == original.SerializeToString()
+    assert main([str(src), str(dense), "--passes", "densify"]) == 0
+    restored = onnx.load(str(dense))
+    assert not restored.graph.sparse_initializer and "fc.weight" in _initializer_bytes(restored)
+    feeds = fx.random_inputs(restored, seed=0)
+    ref, got = _outputs(onnx.load(str(src)), feeds, "default"), _outputs(restored, feeds, "default")
     assert all(got[k].tobytes() == ref[k].tobytes() for k in ref)
 
 
