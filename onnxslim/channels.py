@@ -34,7 +34,7 @@ import onnx_ir as ir
 from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
-from . import model_io, shapes
+from . import model_io, shapes, stats
 from .constants import ConstantTensor, add_initializer, constant, model_constants
 
 Dim = int | str | None
@@ -1221,16 +1221,8 @@ def _node_macs(node: ir.Node, concrete: Mapping[str, tuple], batch: int = 1) -> 
         dims = tuple(batch if d is None and b else d for d, b in zip(found, batch_axis))
         return dims if all(isinstance(d, int) for d in dims) else None
 
-    out, x, w = shape(node.outputs[0]), shape(node.inputs[0]), shape(node.inputs[1])
-    if out is None or x is None or w is None:
-        return None
-    if node.op_type == "Conv":
-        return int(np.prod(out)) * int(np.prod(w[1:]))
-    if node.op_type == "ConvTranspose":
-        return int(np.prod(x)) * int(np.prod(w[1:]))
-    if node.op_type == "Gemm":
-        return int(np.prod(out)) * (x[0] if _attr_int(node, "transA", 0) else x[-1])
-    return int(np.prod(out)) * x[-1]
+    macs = stats.node_macs(node, shape)
+    return None if macs is None else int(macs)
 
 
 def _merged_atoms(atoms: np.ndarray, pos: int, dims: list[Dim]) -> np.ndarray | None:

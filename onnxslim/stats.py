@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import onnx_ir as ir
@@ -135,7 +136,7 @@ def symbolic_macs(model: ir.Model) -> str | None:
     for node in iter_nodes(model):
         if node.op_type not in _MAC_OPS:
             continue
-        macs = _node_macs(node, shapes)
+        macs = node_macs(node, _lookup(shapes))
         if macs is None:
             return None
         total = total + macs
@@ -163,7 +164,7 @@ def count_macs(
     total = 0
     unresolved = 0
     for node in iter_nodes(model):
-        macs = _node_macs(node, shapes)
+        macs = node_macs(node, _lookup(shapes))
         if macs is None:
             if node.op_type in _MAC_OPS:
                 unresolved += 1
@@ -175,33 +176,33 @@ def count_macs(
 _MAC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"}
 
 
-def _shape(shapes: Mapping[str, tuple], value: ir.Value | None) -> tuple | None:
-    if value is None:
-        return None
-    return shapes.get(value.name)
+def _lookup(shapes: Mapping[str, tuple]) -> Callable[[ir.Value | None], tuple | None]:
+    return lambda value: None if value is None else shapes.get(value.name)
 
 
-def _node_macs(node: ir.Node, shapes: Mapping[str, tuple]) -> int | None:
+def node_macs(node: ir.Node, shape: Callable[[ir.Value | None], tuple | None]) -> Any:
+    """Multiply-accumulates of one MAC op given each value's shape (None: unknown); the dims may
+    be ints or :class:`Polynomial` terms. None for other ops or when a needed dim is unknown."""
     op = node.op_type
     if node.domain not in ("", "ai.onnx") or op not in _MAC_OPS:
         return None
-    out = _shape(shapes, node.outputs[0])
+    out = shape(node.outputs[0])
     if op in ("Conv", "ConvInteger", "QLinearConv"):
-        w = _shape(shapes, node.inputs[3 if op == "QLinearConv" else 1])
+        w = shape(node.inputs[3 if op == "QLinearConv" else 1])
         if out is None or w is None:
             return None
         per_out = _prod(w[1:])
         n_out = _prod(out)
         return None if per_out is None or n_out is None else per_out * n_out
     if op == "ConvTranspose":
-        x, w = _shape(shapes, node.inputs[0]), _shape(shapes, node.inputs[1])
+        x, w = shape(node.inputs[0]), shape(node.inputs[1])
         if x is None or w is None:
             return None
         n_in = _prod(x)
         per_in = _prod(w[1:])
         return None if n_in is None or per_in is None else n_in * per_in
     if op == "Gemm":
-        a = _shape(shapes, node.inputs[0])
+        a = shape(node.inputs[0])
         if out is None or a is None or len(a) != 2:
             return None
         trans_a = node.attributes.get("transA")
@@ -209,7 +210,7 @@ def _node_macs(node: ir.Node, shapes: Mapping[str, tuple]) -> int | None:
         n_out = _prod(out)
         return None if k is None or n_out is None else n_out * k
     # MatMul family: K is the last dim of A (1-D A: its only dim).
-    a = _shape(shapes, node.inputs[3 if op == "QLinearMatMul" else 0])
+    a = shape(node.inputs[3 if op == "QLinearMatMul" else 0])
     if out is None or a is None or not a:
         return None
     n_out = _prod(out)
