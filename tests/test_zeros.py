@@ -706,6 +706,36 @@ def test_zero_branch_inside_an_if_branch_disappears():
     assert [n.op_type for n in then.node] == ["MatMul"] and "wz" not in initializer_shapes(out)
 
 
+
+def test_zero_branch_inside_a_loop_body_disappears():
+    """Loop body: acc' = (acc + MatMul(acc, wz)) @ w, with wz (outer scope) all zero; acc is
+    loop-carried, so only the zero branch is known."""
+    rng = np.random.default_rng(22)
+    bool_, float_ = onnx.TensorProto.BOOL, onnx.TensorProto.FLOAT
+    body = helper.make_graph(
+        [
+            helper.make_node("Identity", ["cond_in"], ["cond"], name="keep_going"),
+            helper.make_node("MatMul", ["acc", "wz"], ["z"], name="mm_zero"),
+            helper.make_node("Add", ["acc", "z"], ["s"], name="residual"),
+            helper.make_node("MatMul", ["s", "w"], ["acc_out"], name="mm"),
+        ],
+        "body",
+        [
+            helper.make_tensor_value_info("i", onnx.TensorProto.INT64, []),
+            helper.make_tensor_value_info("cond_in", bool_, []),
+            helper.make_tensor_value_info("acc", float_, [2, 4]),
+        ],
+        [helper.make_tensor_value_info("cond", bool_, []), helper.make_tensor_value_info("acc_out", float_, [2, 4])],
+    )
+    loop = helper.make_node("Loop", ["n", "", "x"], ["y"], name="loop", body=body)
+    proto = _graph_model([loop], {"wz": np.zeros((4, 4), np.float32), "w": _w(rng, 4, 4)}, {"x": [2, 4]}, {"y": [2, 4]})
+    proto.graph.input.append(helper.make_tensor_value_info("n", onnx.TensorProto.INT64, []))
+    out, result = apply(proto)
+    assert result.details["branch_edits"] == 1
+    assert_same_outputs(proto, out, {"x": rng.standard_normal((2, 4)).astype(np.float32), "n": np.array(3)})
+    assert_well_formed(proto, out)
+    assert [n.op_type for n in out.graph.node[0].attribute[0].g.node] == ["Identity", "MatMul"]
+
 def test_constants_added_for_a_branch_get_names_unused_in_the_branch():
     """fc2 has no C: folding relu(bias) of fc1's zero neurons creates "fc2_bias", a name the
     branch already uses for another value."""
