@@ -13,6 +13,10 @@ This pass removes them physically without changing any output:
 * Channels: with the core's channel groups (:mod:`onnxslim.channels`, shared with ``prune``),
   a channel leaves its whole group when every consumer either ignores it (all-zero input
   columns) or can absorb its constant value exactly into its bias.
+
+Exact for finite activations: ``x * 0`` is taken as 0, so inf/NaN inputs can give different outputs.
+Subgraphs are analysed too: branches fold inside If/Loop/Scan bodies, and channels leave groups
+wherever :mod:`onnxslim.channels` finds them (If branches), outer-scope weights included.
 """
 
 from __future__ import annotations
