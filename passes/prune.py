@@ -23,6 +23,7 @@ from onnxslim import channels
 from onnxslim.channels import ChannelAnalysis, ChannelGroup
 from onnxslim.errors import UsageError
 from onnxslim.pass_api import Pass, PassContext, PassResult, option
+from onnxslim.stats import human
 
 Score = Callable[[ChannelGroup, PassContext, ir.Model], np.ndarray]
 
@@ -320,14 +321,14 @@ class Prune(Pass):
         p = details["predicted"]
         fallback = len(details.get("fallback", ()))
         criterion = details["criterion"] + (f"; {fallback} groups scored by weight l2, see notes" if fallback else "")
-        macs = f"MACs {_human(p['macs_before'])} → {_human(p['macs_after'])}" if p["macs_before"] else "MACs unknown"
+        macs = f"MACs {human(p['macs_before'])} → {human(p['macs_after'])}" if p["macs_before"] else "MACs unknown"
         if p["macs_unresolved"]:  # not a total: say which part is missing
             unknown = p["macs_unresolved"]
             macs += f" (+{unknown} layers at shapes inference cannot resolve, e.g. inside If branches, not counted)"
         return (
             f"{verb} {details['channels_before'] - details['channels_after']} of {details['channels_before']} channels "
             f"in {details['groups_pruned']} groups ({criterion}), {details['groups_frozen']} frozen; "
-            f"{macs}, params {_human(p['params_before'])} → {_human(p['params_after'])} (predicted)"
+            f"{macs}, params {human(p['params_before'])} → {human(p['params_after'])} (predicted)"
         )
 
 
@@ -338,10 +339,3 @@ def _matches(group: ChannelGroup, patterns) -> bool:
 
 def _frozen_notes(analysis: ChannelAnalysis) -> list[str]:
     return [f"frozen {f.group.name} ({f.group.size} channels): {f.reason}" for f in analysis.frozen]
-
-
-def _human(n: int) -> str:
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if n >= size:
-            return f"{n / size:.2f}{unit}"
-    return str(n)
