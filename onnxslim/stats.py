@@ -218,25 +218,75 @@ def node_macs(node: ir.Node, shape: Callable[[ir.Value | None], tuple | None]) -
 
 
 def _measured_shapes(model: ir.Model, shapes: Mapping[str, tuple], sample: Mapping[str, np.ndarray]) -> dict[str, tuple]:
-    """Shapes of MAC-op tensors that inference left unknown, read from one onnxruntime run."""
+    """Shapes of MAC-op tensors that inference left unknown, read from an onnxruntime run.
+
+    onnxruntime cannot expose a value inside an If branch, so when such values are wanted the run
+    is made on a clone whose If nodes are replaced by the branch the sample takes (layers of the
+    other branch stay unresolved). Measuring is best effort: a model it cannot handle keeps the
+    shapes inference found.
+    """
     from . import runtime
     from .errors import ModelError
 
-    wanted: dict[str, ir.Value] = {}
+    wanted: set[str] = set()
+    in_branches = False
     for node in iter_nodes(model):
-        if node.op_type not in _MAC_OPS or node.graph is not model.graph:
+        if node.op_type not in _MAC_OPS:
             continue
         for value in (*node.inputs[:2], node.outputs[0]):
             if value is None or value.const_value is not None:
                 continue
             shape = shapes.get(value.name)
             if shape is None or any(d is None for d in shape):
-                wanted[value.name] = value
+                wanted.add(value.name)
+                in_branches |= node.graph is not model.graph
     if not wanted:
         return {}
     try:
-        with runtime.session(model, "disabled", extra_outputs=list(wanted.values())) as sess:
-            arrays = runtime.run(sess, sample, list(wanted))
+        probe = _with_taken_branches(model, sample) if in_branches else model
+        values = {v.name: v for node in probe.graph for v in node.outputs if v.name in wanted}
+        values.update({v.name: v for v in probe.graph.inputs if v.name in wanted})
+        with runtime.session(probe, "disabled", extra_outputs=list(values.values())) as sess:
+            arrays = runtime.run(sess, sample, list(values))
     except ModelError:
         return {}
     return {name: tuple(arr.shape) for name, arr in arrays.items()}
+
+
+def _with_taken_branches(model: ir.Model, sample: Mapping[str, np.ndarray], rounds: int = 8) -> ir.Model:
+    """A clone (tensors shared) whose main-graph If nodes are replaced by the branch ``sample``
+    takes; nested Ifs surface one level per round."""
+    from . import runtime
+    from .errors import ModelError
+
+    clone = model.clone()
+    graph = clone.graph
+    for _ in range(rounds):
+        ifs = [n for n in graph if n.op_type == "If" and n.domain in ("", "ai.onnx")]
+        if not ifs:
+            break
+        conds = {v.name: v for v in (n.inputs[0] for n in ifs) if v.const_value is None and not v.is_graph_input()}
+        with runtime.session(clone, "disabled", extra_outputs=list(conds.values())) as sess:
+            measured = runtime.run(sess, sample, list(conds))
+        for node in ifs:
+            cond = node.inputs[0]
+            array = cond.const_value.numpy() if cond.const_value is not None else measured.get(cond.name, sample.get(cond.name))
+            if array is None:
+                raise ModelError(f"cannot tell which branch If {node.name!r} takes")
+            branch = node.attributes["then_branch" if bool(np.asarray(array).reshape(-1)[0]) else "else_branch"].as_graph()
+            _inline_branch(graph, node, branch)
+    return clone
+
+
+def _inline_branch(graph: ir.Graph, node: ir.Node, branch: ir.Graph) -> None:
+    """Replace ``node`` (an If) by the nodes of one of its branches."""
+    inner = list(branch)
+    branch.remove(inner)
+    graph.insert_before(node, inner)
+    for name in list(branch.initializers):
+        graph.register_initializer(branch.initializers.pop(name))
+    results = list(branch.outputs)
+    branch.outputs.clear()
+    for out, result in zip(node.outputs, results):
+        out.replace_all_uses_with(result, replace_graph_outputs=True)
+    graph.remove(node)

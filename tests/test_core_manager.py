@@ -297,3 +297,41 @@ def test_macs_as_a_polynomial_of_dynamic_dims(tmp_path):
         dim.Clear()
         dim.dim_value = size
     assert stats.symbolic_macs(model_io.load(static)) is None
+
+
+def test_macs_inside_if_branches_are_measured_on_the_branch_taken():
+    """onnxruntime cannot expose values inside an If branch: shapes inference cannot resolve
+    (a Reshape to a shape fed at run time) are measured on a clone with the taken branch inlined."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    from onnxslim import stats
+
+    def branch(name, width):
+        w = numpy_helper.from_array(np.ones((16, width), np.float32), f"{name}_w")
+        return helper.make_graph(
+            [helper.make_node("Reshape", ["x", "shp"], [f"{name}_r"]), helper.make_node("MatMul", [f"{name}_r", w.name], [f"{name}_y"])],
+            name,
+            [],
+            [helper.make_tensor_value_info(f"{name}_y", TensorProto.FLOAT, None)],
+            [w],
+        )
+
+    graph = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=branch("then", 8), else_branch=branch("else", 4))],
+        "if_reshape",
+        [
+            helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 64]),
+            helper.make_tensor_value_info("shp", TensorProto.INT64, [2]),
+            helper.make_tensor_value_info("cond", TensorProto.BOOL, []),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+    )
+    model = model_io.load(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9))
+    before = model_io.to_bytes(model)
+    shapes = {"x": [1, 64], "shp": [2], "cond": []}
+    assert stats.count_macs(model, shapes) == (0, 2)  # inference alone resolves neither branch
+    sample = {"x": np.ones((1, 64), np.float32), "shp": np.array([4, 16], np.int64), "cond": np.array(True)}
+    assert stats.count_macs(model, shapes, sample) == (4 * 16 * 8, 1)
+    sample["cond"] = np.array(False)
+    assert stats.count_macs(model, shapes, sample) == (4 * 16 * 4, 1)
+    assert model_io.to_bytes(model) == before  # measured on a clone
