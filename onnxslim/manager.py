@@ -9,10 +9,8 @@ produced a graph onnxruntime cannot run is rolled back and named in the report.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import os
-import sys
 import time
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
@@ -25,9 +23,9 @@ import onnx_ir as ir
 
 from . import model_io, registry, runtime, shapes, stats, validation
 from .calibration import Calibration
-from .errors import ModelError, OnnxSlimError, PassFailedError, UsageError
+from .errors import ModelError, PassFailedError, UsageError
 from .inputs import DefaultedDimsWarning, InputConfig, Sample
-from .pass_api import Pass, PassContext, PassResult
+from .pass_api import Pass, PassContext
 from .report import APPLIED, FAILED, NO_CHANGE, ROLLED_BACK, SKIPPED, PassReport, Report
 from .validation import Tolerance
 

@@ -25,7 +25,7 @@ def report_svg(report: Report) -> str:
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{left + width + 190}" height="{height}" font-family="sans-serif" font-size="12">',
         '<rect width="100%" height="100%" fill="white"/>',
         f'<text x="10" y="20" font-size="15" font-weight="bold">{escape(report.source or "model")}</text>',
-        f'<text x="10" y="38" fill="#555">relative to the input model (1.0 = unchanged); cosine = worst output vs original</text>',
+        '<text x="10" y="38" fill="#555">relative to the input model (1.0 = unchanged); cosine = worst output vs original</text>',
     ]
     for x_frac in (0.25, 0.5, 0.75, 1.0):
         x = left + width * x_frac

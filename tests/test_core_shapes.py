@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import onnx_ir as ir
 import pytest
 
 from fixtures import models as fx
@@ -20,8 +19,9 @@ def test_refresh_keeps_declared_output_dims():
 def test_refresh_raises_on_inconsistent_graph():
     model = model_io.load(fx.mlp())
     weight = next(v for v in model.graph.initializers.values() if len(v.shape) == 2)
-    from onnxslim.constants import set_tensor
     import numpy as np
+
+    from onnxslim.constants import set_tensor
 
     set_tensor(weight, np.zeros((3, 5), np.float32))  # no longer matches its layer
     with pytest.raises(shapes.ShapeInferenceError):
