@@ -221,7 +221,8 @@ def _densify_sparse_initializers(proto: onnx.ModelProto) -> set[str]:
     return names
 
 
-def _dense_to_coo(tensor: onnx.TensorProto) -> onnx.SparseTensorProto:
+def dense_to_coo(tensor: onnx.TensorProto) -> onnx.SparseTensorProto:
+    """The standard COO form of a dense tensor (sorted flat int64 indices of non-zero bits)."""
     array = onnx.numpy_helper.to_array(tensor)
     flat = np.ascontiguousarray(array).reshape(-1)
     # Entries with any bit set, sorted as the standard requires: an explicit -0.0 is kept.
@@ -236,7 +237,7 @@ def _restore_sparse_initializers(proto: onnx.ModelProto, names: set[str]) -> Non
         keep = []
         for tensor in graph.initializer:
             if tensor.name in names:
-                graph.sparse_initializer.append(_dense_to_coo(tensor))
+                graph.sparse_initializer.append(dense_to_coo(tensor))
             else:
                 keep.append(tensor)
         if len(keep) != len(graph.initializer):
@@ -455,7 +456,7 @@ def _inline_layout(model: ir.Model) -> tuple[bytes, list[Record]]:
     kept = [vi for vi in skeleton.graph.value_info if vi.name not in names]
     del skeleton.graph.value_info[:]
     skeleton.graph.value_info.extend(kept)
-    records = [_initializer_record(v, v.name in sparse) for v in values if v.const_value is not None]
+    records = [initializer_record(v, v.name in sparse) for v in values if v.const_value is not None]
     return skeleton.SerializeToString(), records
 
 
@@ -464,7 +465,8 @@ _INIT_TAG = bytes([(5 << 3) | 2])
 _RAW_TAG = bytes([(9 << 3) | 2])
 
 
-def _initializer_record(value: ir.Value, as_sparse: bool) -> Record:
+def initializer_record(value: ir.Value, as_sparse: bool) -> Record:
+    """One main-graph initializer's record in the inline file (see :func:`_inline_layout`)."""
     tensor = value.const_value
     if as_sparse or tensor.dtype == ir.DataType.STRING:
         if isinstance(tensor, ir.ExternalTensor):
@@ -473,7 +475,7 @@ def _initializer_record(value: ir.Value, as_sparse: bool) -> Record:
         proto = ir.serde.serialize_tensor(tensor)
         proto.name = value.name
         if as_sparse:
-            record.sparse_initializer.append(_dense_to_coo(proto))
+            record.sparse_initializer.append(dense_to_coo(proto))
         else:
             record.initializer.append(proto)
         payload = record.SerializeToString()

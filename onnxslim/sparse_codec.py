@@ -144,14 +144,14 @@ def file_bytes(graph: ir.Graph, main: bool, values=(), nodes=()) -> int:
     for value in values:
         coo = value.meta.get(SPARSE_FORMAT_KEY) == "coo"
         if main:
-            prefix, tensor = model_io._initializer_record(value, coo)
+            prefix, tensor = model_io.initializer_record(value, coo)
             total += len(prefix) + (tensor.nbytes if tensor is not None else 0)
             continue
         proto = ir.serde.serialize_tensor(ir.Tensor(value.const_value.numpy()))
         proto.name = value.name
         entry = onnx.GraphProto()
         if coo:
-            entry.sparse_initializer.append(model_io._dense_to_coo(proto))
+            entry.sparse_initializer.append(model_io.dense_to_coo(proto))
         else:
             entry.initializer.append(proto)
         total += entry.ByteSize()
