@@ -19,8 +19,10 @@ per-head mapping all reduce to that one index array). Anything not understood *f
 it touches with a reason naming the node; graph outputs freeze their groups.
 
 ``ChannelAnalysis.apply({group: keep_slots})`` slices every member, rewrites ``group``
-attributes, Reshape/Expand/Split/Slice constants and value shapes. The analysis is then stale: analyse
-again before another change.
+attributes, Reshape/Expand/Split/Slice constants and value shapes. A group may keep no slot where
+its channels reach the rest of the graph through Concat inputs alone (``can_empty``): the Concats
+drop those inputs and the nodes left without uses go, with the weights only they read. The
+analysis is then stale: analyse again before another change.
 """
 
 from __future__ import annotations
@@ -868,6 +870,7 @@ class ChannelAnalysis:
             parts.append(atoms)
         if parts:
             out[axis] = np.concatenate(parts)
+            self._edits.append(_Edit("concat", node, parts, {}))
         for a, atoms in out.items():
             if a == axis:
                 continue
@@ -1130,22 +1133,28 @@ class ChannelAnalysis:
     # ---- applying ------------------------------------------------------------------
 
     def apply(self, keep: Mapping[ChannelGroup, np.ndarray | Sequence[int]]) -> dict[str, int]:
-        """Keep only the given slots of each group; returns {"groups": n, "channels_removed": n}.
+        """Keep only the given slots of each group; returns {"groups": n, "channels_removed": n,
+        "nodes_removed": n}.
 
         Every member is sliced, ``group`` attributes and Reshape/Expand/Split/Slice constants are
-        rewritten, value shapes updated. The analysis cannot be applied twice.
+        rewritten, value shapes updated. A group kept with no slot (see :meth:`can_empty`) leaves
+        whole: Concats drop the inputs it empties and the dead nodes go. The analysis cannot be
+        applied twice.
         """
         if self._applied:
             raise RuntimeError("this channel analysis was already applied; analyse the model again")
         removed = np.zeros(len(self._slot_of_comp), dtype=bool)
         groups_changed = 0
         total = 0
+        emptied = []
         for group, slots in keep.items():
             if group.id in self._frozen_ids or self._all_groups[group.id] is not group:
                 raise ValueError(f"group {group.name!r} is frozen or not from this analysis")
             slots = np.unique(np.asarray(slots, dtype=np.int64))
-            if len(slots) == 0 or slots.min() < 0 or slots.max() >= group.size:
+            if len(slots) and (slots.min() < 0 or slots.max() >= group.size):
                 raise ValueError(f"group {group.name!r}: keep must name 1..{group.size} slots in range")
+            if len(slots) == 0:
+                emptied.append(group)
             gone = np.ones(group.size, dtype=bool)
             gone[slots] = False
             if gone.any():
@@ -1153,9 +1162,15 @@ class ChannelAnalysis:
                 total += int(gone.sum())
             comps = np.flatnonzero(self._group_of_comp == group.id)
             removed[comps[gone[self._slot_of_comp[comps]]]] = True
+        empty = self._left_empty(removed) if emptied else set()
+        if empty is None:
+            raise ValueError(
+                f"group {emptied[0].name!r}: keep must name 1..{emptied[0].size} slots in range "
+                "(none only where the channels reach the rest of the graph through Concat inputs alone)"
+            )
         self._applied = True
         if not removed.any():
-            return {"groups": 0, "channels_removed": 0}
+            return {"groups": 0, "channels_removed": 0, "nodes_removed": 0}
 
         def kept(atoms: np.ndarray) -> np.ndarray:
             return ~removed[self._comp[atoms]]
@@ -1186,6 +1201,8 @@ class ChannelAnalysis:
                 hi = lo + int(mask[edit.extra["lo"] : edit.extra["hi"]].sum())
                 _queue(writes, edit.node.inputs[1], edit.node, {edit.extra["j"]: lo})
                 _queue(writes, edit.node.inputs[2], edit.node, {edit.extra["j"]: hi})
+            elif edit.kind == "concat" and edit.node.outputs[0] not in empty:
+                _set_inputs(edit.node, [v for v in edit.node.inputs if v not in empty])
         _flush(writes)
         for value, axes in self._axes.items():
             if value.shape is None or value.is_graph_input():
@@ -1201,8 +1218,32 @@ class ChannelAnalysis:
                     shrunk = True
             if shrunk:
                 value.shape = ir.Shape(dims)
+        dead = _remove_dead([v.producer() for v in empty if v.producer() is not None])
         shapes.refresh_shapes(self.model)  # strict: raises ShapeInferenceError on an inconsistent result
-        return {"groups": groups_changed, "channels_removed": total}
+        return {"groups": groups_changed, "channels_removed": total, "nodes_removed": dead}
+
+    def can_empty(self, groups: Iterable[ChannelGroup]) -> bool:
+        """Whether ``groups`` may lose every slot together (``apply`` with no slot kept)."""
+        removed = np.zeros(len(self._slot_of_comp), dtype=bool)
+        for group in groups:
+            removed[self._group_of_comp == group.id] = True
+        return self._left_empty(removed) is not None
+
+    def _left_empty(self, removed: np.ndarray) -> set[ir.Value] | None:
+        """The values that ``removed`` (per component) leaves without channels on some axis, or
+        None when one would still be read: each may feed only Concats (which drop it) and nodes
+        whose outputs are all left empty too (dead code, removed with their weights)."""
+        empty = {
+            v for v, axes in self._axes.items() if any(len(a) and removed[self._comp[a]].all() for a in axes.values())
+        }
+        concats = {id(e.node) for e in self._edits if e.kind == "concat"}
+        for value in empty:
+            if value.is_graph_output():
+                return None
+            for use in value.uses():
+                if id(use.node) not in concats and not all(o in empty for o in use.node.outputs):
+                    return None
+        return empty
 
 
 def _node_macs(node: ir.Node, concrete: Mapping[str, tuple], batch: int = 1) -> int | None:
@@ -1347,6 +1388,30 @@ def _drop_if_unused(value: ir.Value) -> None:
         producer.graph.remove(producer, safe=True)
     elif value.is_initializer() and value.graph is not None:
         value.graph.initializers.pop(value.name, None)
+
+
+def _set_inputs(node: ir.Node, values: Sequence[ir.Value]) -> None:
+    for i, value in enumerate(values):
+        node.replace_input_with(i, value)
+    node.resize_inputs(len(values))
+
+
+def _remove_dead(nodes: Iterable[ir.Node]) -> int:
+    """Remove ``nodes`` once none of their outputs is used, then whatever only they read."""
+    work, removed = list(nodes), 0
+    while work:
+        node = work.pop()
+        if node.graph is None or any(o.uses() or o.is_graph_output() for o in node.outputs):
+            continue
+        inputs = [v for v in node.inputs if v is not None]
+        node.graph.remove(node, safe=True)
+        removed += 1
+        for value in inputs:
+            if value.producer() is not None:
+                work.append(value.producer())
+            else:
+                _drop_if_unused(value)
+    return removed
 
 
 def _drop_untyped_shapes(view: ir.Value) -> None:

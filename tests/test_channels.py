@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import onnx
+import onnx_ir as ir
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
@@ -272,6 +273,35 @@ def test_frozen_group_cannot_be_applied():
     group = analysis.groups[0]
     with pytest.raises(ValueError, match="slots in range"):
         analysis.apply({group: []})
+
+
+def test_a_group_feeding_only_a_concat_can_keep_no_slot():
+    """Concat([relu(c1), relu(c2)]) -> c3: c2 may lose every slot (the Concat drops its input,
+    c2 and its Relu leave with w2), not c1 and c2 together (c3 would read nothing)."""
+    rng = np.random.default_rng(0)
+    inits = _conv_inits(rng, {"w1": (4, 4, 1, 1), "w2": (3, 4, 1, 1), "w3": (2, 7, 1, 1)})
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"),
+        helper.make_node("Relu", ["a"], ["ar"], name="r1"),
+        helper.make_node("Conv", ["x", "w2"], ["b"], name="c2"),
+        helper.make_node("Relu", ["b"], ["br"], name="r2"),
+        helper.make_node("Concat", ["ar", "br"], ["cat"], name="cat", axis=1),
+        helper.make_node("Conv", ["cat", "w3"], ["y"], name="c3"),
+    ]
+    proto = _tiny(nodes, inits, ["N", 2, 8, 8])
+    pruned, zeroed = model_io.load(proto), model_io.load(proto)
+    analysis = channels.analyze(pruned)
+    groups = {g.name: g for g in analysis.groups}
+    assert analysis.can_empty([groups["c2"]]) and not analysis.can_empty([groups["c1"], groups["c2"]])
+    with pytest.raises(ValueError, match="slots in range"):
+        analysis.apply({groups["c1"]: [], groups["c2"]: []})
+    zero_removed(zeroed, {"c1": np.arange(4), "c2": []})
+    assert analysis.apply({groups["c2"]: []}) == {"groups": 1, "channels_removed": 3, "nodes_removed": 2}
+    strict_infer(pruned)
+    assert [n.name for n in pruned.graph] == ["c1", "r1", "cat", "c3"] and "w2" not in pruned.graph.initializers
+    assert pruned.graph.initializers["w3"].shape == ir.Shape([2, 4, 1, 1])
+    feeds = {"x": rng.normal(size=(2, 4, 8, 8)).astype(np.float32)}
+    np.testing.assert_allclose(run(pruned, feeds)["y"], run(zeroed, feeds)["y"], rtol=0, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- exactness
