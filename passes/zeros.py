@@ -12,7 +12,9 @@ This pass removes them physically without changing any output:
   branch is replaced by a constant (or bypassed when it adds zero) and dead nodes go.
 * Channels: with the core's channel groups (:mod:`onnxslim.channels`, shared with ``prune``),
   a channel leaves its whole group when every consumer either ignores it (all-zero input
-  columns) or can absorb its constant value exactly into its bias.
+  columns) or can absorb its constant value exactly into its bias. A group loses every channel
+  only where they reach the rest of the graph through Concat inputs alone: the Concat drops
+  the input and the branch goes; elsewhere one channel stays.
 
 Exact for finite activations: ``x * 0`` is taken as 0, so inf/NaN inputs can give different outputs.
 Subgraphs are analysed too: branches fold inside If/Loop/Scan bodies, and channels leave groups
@@ -795,14 +797,21 @@ def _zero_filter_slots(group: channels.ChannelGroup, eps: float) -> int:
     return int(found.sum())
 
 
-def plan_group(group: channels.ChannelGroup, known: KnownValues, eps: float) -> GroupPlan:
-    """Slots every consumer either ignores (zero input columns) or can absorb as a constant."""
-    plan = _plan_group(group, known, eps)
+def plan_group(
+    group: channels.ChannelGroup, known: KnownValues, eps: float, analysis: channels.ChannelAnalysis | None = None
+) -> GroupPlan:
+    """Slots every consumer either ignores (zero input columns) or can absorb as a constant.
+
+    All of them go only where ``analysis`` says the group can leave whole (its channels reach
+    the rest of the graph through Concat inputs alone, which are dropped); otherwise one stays."""
+    plan = _plan_group(group, known, eps, analysis)
     plan.zero_filters = _zero_filter_slots(group, eps)
     return plan
 
 
-def _plan_group(group: channels.ChannelGroup, known: KnownValues, eps: float) -> GroupPlan:
+def _plan_group(
+    group: channels.ChannelGroup, known: KnownValues, eps: float, analysis: channels.ChannelAnalysis | None
+) -> GroupPlan:
     ok = np.ones(group.size, dtype=bool)
     any_zero = np.ones(group.size, dtype=bool)
     blocked: list[str] = []
@@ -829,7 +838,7 @@ def _plan_group(group: channels.ChannelGroup, known: KnownValues, eps: float) ->
         any_zero &= slot_any
         fold = ~unread & ~constant_zero
         candidates.append((node, member, fold, values))
-    if ok.all():  # a layer cannot lose every channel: keep the first one
+    if ok.all() and not (analysis is not None and analysis.can_empty([group])):  # keep the first one
         ok[0] = False
         blocked.append("every channel is removable; one is kept")
     removed = np.flatnonzero(ok)
@@ -883,19 +892,28 @@ def prepare_bias(node: ir.Node, editor: Editor) -> None:
 
 def remove_channels(
     model: ir.Model, eps: float, editor: Editor, ctx: PassContext, *, dry_run: bool = False
-) -> tuple[list[GroupPlan], dict, dict]:
+) -> tuple[list[GroupPlan], dict, dict, int]:
     """Remove the removable slots of every channel group.
 
     Returns the plans of groups holding constant or unread channels, the frozen groups that
-    hold some (with the reason), and the analysis' MACs/params prediction for the removal.
+    hold some (with the reason), the analysis' MACs/params prediction for the removal, and how
+    many nodes left with groups that went whole.
     """
     layers = (n for n in iter_nodes(model) if n.op_type in _LAYERS and len(n.inputs) > 1)
     if not any(constant(n.inputs[1]) is not None for n in layers):
-        return [], {}, {}  # nothing creates channels (channels.analyze needs at least one layer)
+        return [], {}, {}, 0  # nothing creates channels (channels.analyze needs at least one layer)
     for attempt in range(2):
         analysis = channels.analyze(model)
         known = KnownValues(model, eps, value_shapes(model))
-        plans = [plan_group(g, known, eps) for g in ctx.progress(analysis.groups, "channel groups", total=len(analysis.groups))]
+        groups = ctx.progress(analysis.groups, "channel groups", total=len(analysis.groups))
+        plans = [plan_group(g, known, eps, analysis) for g in groups]
+        emptied: list[channels.ChannelGroup] = []  # groups leaving whole must be able to together
+        for i, plan in enumerate(plans):
+            if len(plan.removed) == plan.group.size:
+                if emptied and not analysis.can_empty(emptied + [plan.group]):
+                    plans[i] = plan_group(plan.group, known, eps)  # one channel stays
+                else:
+                    emptied.append(plan.group)
         plans = [p for p in plans if p.zero_slots or p.zero_filters]
         active = [p for p in plans if len(p.removed)]
         unprepared = {id(n): n for p in active for n, _, _ in p.folds if _needs_private_bias(n)}
@@ -909,15 +927,14 @@ def remove_channels(
     frozen_zero = _frozen_with_zeros(analysis, known, eps)
     keep = {p.group: np.setdiff1d(np.arange(p.group.size), p.removed) for p in active}
     if not active:
-        return plans, frozen_zero, {}
+        return plans, frozen_zero, {}, 0
     predicted = analysis.predict(keep)
     if dry_run:
-        return plans, frozen_zero, predicted
+        return plans, frozen_zero, predicted, 0
     for plan in active:
         for node, features, values in plan.folds:
             absorb_constant_features(node, features, values, editor)
-    analysis.apply(keep)
-    return plans, frozen_zero, predicted
+    return plans, frozen_zero, predicted, analysis.apply(keep)["nodes_removed"]
 
 
 def _frozen_with_zeros(analysis: channels.ChannelAnalysis, known: KnownValues, eps: float) -> dict:
@@ -961,7 +978,8 @@ class Zeros(Pass):
             details["branch_edits"] = fold_branches(model, known, editor, apply=not dry_run)
             details["nodes_removed"] += editor.remove_dead()
         if self.options.channels:
-            plans, frozen, predicted = remove_channels(model, eps, editor, ctx, dry_run=dry_run)
+            plans, frozen, predicted, gone = remove_channels(model, eps, editor, ctx, dry_run=dry_run)
+            details["nodes_removed"] += gone
             changed = [p for p in plans if len(p.removed)]
             details["channels_removed"] = int(sum(len(p.removed) for p in changed))
             details["groups_changed"] = len(changed)

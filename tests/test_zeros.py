@@ -604,6 +604,138 @@ def test_concat_with_a_live_first_input_keeps_the_known_channels():
     check_channel_removal(proto, proto, fx.random_inputs(proto, seed=2), removed=2, shapes=shapes)
 
 
+def _branch(name: str, w: np.ndarray, b: np.ndarray, weights: dict) -> list[onnx.NodeProto]:
+    """conv_<name> (3x3, padded) -> relu_<name>: output "<name>r"; weights w<name>, b<name>."""
+    weights |= {f"w{name}": w, f"b{name}": b}
+    return [
+        helper.make_node("Conv", ["x", f"w{name}", f"b{name}"], [name], name=f"conv_{name}", pads=[1] * 4),
+        helper.make_node("Relu", [name], [f"{name}r"], name=f"relu_{name}"),
+    ]
+
+
+def _zero_branch(rng: np.random.Generator, name: str, width: int, weights: dict) -> list[onnx.NodeProto]:
+    """A branch whose conv weight is all zero: it emits relu(bias), some channels 0, some not."""
+    bias = _w(rng, width)
+    bias[0], bias[-1] = 0.8, -0.6
+    return _branch(name, np.zeros((width, 3, 3, 3), np.float32), bias, weights)
+
+
+def _numel(shape: tuple | None) -> int:
+    return int(np.prod(shape)) if shape is not None else 0
+
+
+def check_branch_removal(proto, feeds, *, removed: int, gone: set[str], shapes: dict[str, tuple | None]):
+    """Run the pass: outputs, structure, exact node and weight changes (``shapes``: new shape of
+    every initializer that changes, None for one that leaves), params and MACs."""
+    out, result = apply(proto)
+    assert result.details["channels_removed"] == removed
+    assert_same_outputs(proto, out, feeds)
+    assert_well_formed(proto, out)
+    names = [n.name for n in out.graph.node]
+    assert not gone & set(names) and len(names) == len(proto.graph.node) - len(gone)
+    assert result.details["nodes_removed"] == len(gone)
+    before, after = initializer_shapes(proto), initializer_shapes(out)
+    assert after == {n: shapes.get(n, s) for n, s in before.items() if shapes.get(n, s) is not None}
+
+    assert param_count(proto) - param_count(out) == sum(_numel(before[n]) - _numel(s) for n, s in shapes.items())
+    rows = layer_rows(proto, feeds)
+    saved = sum(r * (_numel(before[w]) - _numel(shapes.get(w, before[w]))) for w, r in rows.values())
+    assert macs(proto, feeds) - macs(out, feeds) == saved
+    return out
+
+
+def test_all_zero_concat_branch_into_a_1x1_conv_leaves_the_graph():
+    """Concat([live, zero branch]) -> 1x1 conv: every channel of the zero branch is relu(bias),
+    folded into the conv's bias, so the Concat loses that input and the branch goes."""
+    rng = np.random.default_rng(23)
+    weights: dict[str, np.ndarray] = {}
+    nodes = _branch("a", _w(rng, 4, 3, 3, 3), _w(rng, 4), weights) + _zero_branch(rng, "z", 4, weights)
+    nodes += [
+        helper.make_node("Concat", ["ar", "zr"], ["cat"], name="cat", axis=1),
+        helper.make_node("Conv", ["cat", "wo", "bo"], ["y"], name="conv_out"),
+    ]
+    weights |= {"wo": _w(rng, 5, 8, 1, 1), "bo": _w(rng, 5)}
+    proto = _graph_model(nodes, weights, {"x": ["N", 3, 8, 8]}, {"y": ["N", 5, 8, 8]})
+    shapes = {"wz": None, "bz": None, "wo": (5, 4, 1, 1)}
+    out = check_branch_removal(
+        proto, fx.random_inputs(proto, seed=3), removed=4, gone={"conv_z", "relu_z"}, shapes=shapes
+    )
+    assert next(n for n in out.graph.node if n.op_type == "Concat").input == ["ar"]
+
+
+@pytest.mark.parametrize("head", ["flatten", "global_pool"])
+def test_all_zero_concat_branch_into_a_gemm_leaves_the_graph(head):
+    """Concat([live, zero branch]) -> Flatten (C x H x W features) or GlobalAveragePool + Flatten
+    -> Gemm: the branch's constant features fold into the Gemm's C, its rows go."""
+    rng = np.random.default_rng(24)
+    weights: dict[str, np.ndarray] = {}
+    nodes = _branch("a", _w(rng, 4, 3, 3, 3), _w(rng, 4), weights) + _zero_branch(rng, "z", 3, weights)
+    nodes.append(helper.make_node("Concat", ["ar", "zr"], ["cat"], name="cat", axis=1))
+    if head == "global_pool":
+        nodes.append(helper.make_node("GlobalAveragePool", ["cat"], ["pooled"], name="gap"))
+    nodes += [
+        helper.make_node("Flatten", ["pooled" if head == "global_pool" else "cat"], ["f"], name="flatten"),
+        helper.make_node("Gemm", ["f", "fw", "fb"], ["y"], name="fc", alpha=0.5, beta=2.0),
+    ]
+    plane = 1 if head == "global_pool" else 4 * 4
+    weights |= {"fw": _w(rng, 7 * plane, 3), "fb": _w(rng, 3)}
+    proto = _graph_model(nodes, weights, {"x": ["N", 3, 4, 4]}, {"y": ["N", 3]})
+    shapes = {"wz": None, "bz": None, "fw": (4 * plane, 3)}
+    check_branch_removal(
+        proto, fx.random_inputs(proto, seed=4), removed=3, gone={"conv_z", "relu_z"}, shapes=shapes
+    )
+
+
+def test_all_zero_concat_branch_between_two_live_inputs():
+    """Concat([a (4), zero branch (3), c (2)]) -> 1x1 conv: the conv keeps exactly its columns
+    0..3 and 7..8, and the zero branch leaves."""
+    rng = np.random.default_rng(25)
+    weights: dict[str, np.ndarray] = {}
+    nodes = _branch("a", _w(rng, 4, 3, 3, 3), _w(rng, 4), weights) + _zero_branch(rng, "z", 3, weights)
+    nodes += _branch("c", _w(rng, 2, 3, 3, 3), _w(rng, 2), weights)
+    nodes += [
+        helper.make_node("Concat", ["ar", "zr", "cr"], ["cat"], name="cat", axis=1),
+        helper.make_node("Conv", ["cat", "wo", "bo"], ["y"], name="conv_out"),
+    ]
+    weights |= {"wo": _w(rng, 5, 9, 1, 1), "bo": _w(rng, 5)}
+    proto = _graph_model(nodes, weights, {"x": ["N", 3, 8, 8]}, {"y": ["N", 5, 8, 8]})
+    shapes = {"wz": None, "bz": None, "wo": (5, 6, 1, 1)}
+    out = check_branch_removal(
+        proto, fx.random_inputs(proto, seed=5), removed=3, gone={"conv_z", "relu_z"}, shapes=shapes
+    )
+    assert next(n for n in out.graph.node if n.op_type == "Concat").input == ["ar", "cr"]
+    wo = {t.name: numpy_helper.to_array(t) for t in out.graph.initializer}["wo"]
+    np.testing.assert_array_equal(wo, weights["wo"][:, [0, 1, 2, 3, 7, 8]])
+
+
+@pytest.mark.parametrize("side", ["padded", "pointwise"])
+def test_zero_branch_read_outside_the_concat_stays(side):
+    """Concat([a, z, v]) -> 1x1 conv, where z also feeds a conv of its own: z cannot leave the
+    graph (padded 3x3: its non-zero constants stay too; 1x1: it can fold them all, but a layer
+    cannot lose every channel, so one stays). v, read by the Concat alone, goes whole."""
+    rng = np.random.default_rng(26)
+    weights: dict[str, np.ndarray] = {}
+    nodes = _branch("a", _w(rng, 4, 3, 3, 3), _w(rng, 4), weights) + _zero_branch(rng, "z", 4, weights)
+    nodes += _zero_branch(rng, "v", 3, weights)
+    weights["bz"][1:3] = [0.5, -1.0]  # z: channels 0, 1 emit > 0, channels 2, 3 emit 0
+    pads = [1] * 4 if side == "padded" else [0] * 4
+    k = 3 if side == "padded" else 1
+    nodes += [
+        helper.make_node("Concat", ["ar", "zr", "vr"], ["cat"], name="cat", axis=1),
+        helper.make_node("Conv", ["cat", "wo", "bo"], ["y"], name="conv_out"),
+        helper.make_node("Conv", ["zr", "ws", "bs"], ["y2"], name="conv_side", pads=pads),
+    ]
+    weights |= {"wo": _w(rng, 5, 11, 1, 1), "bo": _w(rng, 5), "ws": _w(rng, 2, 4, k, k), "bs": _w(rng, 2)}
+    proto = _graph_model(nodes, weights, {"x": ["N", 3, 8, 8]}, {"y": ["N", 5, 8, 8], "y2": ["N", 2, 8, 8]})
+    kept = 2 if side == "padded" else 1
+    shapes = {"wv": None, "bv": None, "wz": (kept, 3, 3, 3), "bz": (kept,), "ws": (2, kept, k, k)}
+    shapes["wo"] = (5, 4 + kept, 1, 1)
+    out = check_branch_removal(
+        proto, fx.random_inputs(proto, seed=6), removed=3 + 4 - kept, gone={"conv_v", "relu_v"}, shapes=shapes
+    )
+    assert next(n for n in out.graph.node if n.op_type == "Concat").input == ["ar", "zr"]
+
+
 def test_mul_by_a_large_all_zero_constant_removes_the_branch():
     """y = x + Conv(x) * zeros(1, 8, 96, 96): the constant has 73,728 elements (above the size
     up to which known values are held in full), all zero, so the branch goes."""
