@@ -39,18 +39,25 @@ class OptimizeResult:
     #: The unchanged proto when onnx-ir could not represent the model (passes were skipped).
     proto: onnx.ModelProto | None = None
     source: Path | None = None
+    #: The files the input model was read from (see :attr:`model_io.Document.files`).
+    input_files: frozenset[Path] = frozenset()
 
     def save(self, path: str | os.PathLike, *, external_data: bool | None = None, in_place: bool = False) -> list[Path]:
         """Write the result atomically; refuse to overwrite the input unless ``in_place``, and
         refuse a result that fails a final check the input model passes."""
         path = Path(path)
-        if self.source is not None and not in_place and _same_file(path, self.source):
-            raise UsageError(f"{path}: refusing to overwrite the input model (use --in-place)")
+        target = self.model if self.model is not None else self.proto
+        if not in_place:
+            writes = model_io.output_files(path, model_io.uses_external_data(target, external_data))
+            if self.source is not None and _same_file(path, self.source):
+                raise UsageError(f"{path}: refusing to overwrite the input model (use --in-place)")
+            clash = next((f for f in writes if f.resolve() in self.input_files), None)
+            if clash is not None:
+                raise UsageError(f"{clash}: refusing to overwrite a file the input model is read from (use --in-place)")
         broken = self.report.broken_checks
         if broken:
             detail = "; ".join(f"{k} {self.report.final_checks[k]}" for k in broken)
             raise PassFailedError(f"the optimized model fails a check the input model passes ({detail}); nothing written")
-        target = self.model if self.model is not None else self.proto
         files = model_io.save(target, path, external_data=external_data)
         self.report.output = str(path)
         self.report.output_bytes = sum(f.stat().st_size for f in files)
@@ -101,7 +108,7 @@ def optimize(
                 PassReport(p.name, p.lossless, SKIPPED, reason=f"onnx-ir cannot represent the model ({doc.unsupported})")
             )
         report.warnings.append(f"model kept unchanged: {doc.unsupported}")
-        return OptimizeResult(None, report, doc.proto, source)
+        return OptimizeResult(None, report, doc.proto, source, doc.files)
 
     current = doc.model
     with warnings.catch_warnings(record=True) as caught:
@@ -186,7 +193,7 @@ def optimize(
         if any(v != "ok" for v in report.final_checks.values()) and not isinstance(model, ir.Model):
             # Only a check the input model passes is this run's fault: look at a fresh copy.
             report.input_checks = _final_checks(model_io.load_document(model).model)
-    return OptimizeResult(current, report, None, source)
+    return OptimizeResult(current, report, None, source, doc.files)
 
 
 def _first_line(exc: BaseException) -> str:

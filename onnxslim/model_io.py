@@ -45,6 +45,9 @@ class Document:
     proto: onnx.ModelProto | None = None
     path: Path | None = None
     unsupported: str | None = None
+    #: Every file the model is read from (the .onnx and its external data files), resolved:
+    #: outputs must never land on one of them unless asked to (``--in-place``).
+    files: frozenset[Path] = frozenset()
 
 
 def load(source: ModelSource) -> ir.Model:
@@ -76,6 +79,7 @@ def load_document(source: ModelSource) -> Document:
     base_dir = path.parent if path else None
     _check_structure(proto, where)
     _check_external_data(proto, base_dir, where)
+    files = frozenset(_referenced_files(proto, path)) if path is not None else frozenset()
     sparse_names = _densify_sparse_initializers(proto)
     try:
         model = ir.serde.deserialize_model(proto)
@@ -83,7 +87,7 @@ def load_document(source: ModelSource) -> Document:
         root = _root_cause(exc)
         if isinstance(root, NotImplementedError):  # valid ONNX that onnx-ir cannot hold
             proto = _parse_file(path) if path is not None else proto  # kept as read, weights inline
-            return Document(None, proto, path, unsupported=str(root).split(". Please")[0])
+            return Document(None, proto, path, unsupported=str(root).split(". Please")[0], files=files)
         raise ModelError(f"{where}: cannot read model: {str(root).splitlines()[0]}") from exc
     if base_dir is not None:
         for graph in all_graphs(model):
@@ -92,7 +96,31 @@ def load_document(source: ModelSource) -> Document:
         for value in graph.initializers.values():
             if value.name in sparse_names:
                 value.meta[SPARSE_FORMAT_KEY] = "coo"
-    return Document(model, None, path)
+    return Document(model, None, path, files=files)
+
+
+def _referenced_files(proto: onnx.ModelProto, path: Path) -> Iterator[Path]:
+    yield path.resolve()
+    for tensor in _external_tensors(proto):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            location = next((e.value for e in tensor.external_data if e.key == "location"), "")
+            yield (path.parent / location).resolve()
+
+
+def uses_external_data(model: ir.Model | onnx.ModelProto, external_data: bool | None) -> bool:
+    """Whether :func:`save` writes ``model`` with a data file (``None``: only above the limit)."""
+    if external_data is not None:
+        return external_data
+    if isinstance(model, onnx.ModelProto):
+        return False
+    from .constants import weight_bytes
+
+    return weight_bytes(model) > INLINE_LIMIT_BYTES
+
+
+def output_files(path: Path, external_data: bool) -> list[Path]:
+    """The files :func:`save` writes for ``path``: the model, and with external data its data file."""
+    return [path, path.parent / f"{path.name}.data"] if external_data else [path]
 
 
 def _root_cause(exc: BaseException) -> BaseException:
@@ -339,8 +367,7 @@ def _write(model: ir.Model | onnx.ModelProto, path: Path, external_data: bool | 
         return [path]
     from .constants import weight_bytes
 
-    if external_data is None:
-        external_data = weight_bytes(model) > INLINE_LIMIT_BYTES
+    external_data = uses_external_data(model, external_data)
     sparse = _sparse_marked(model)
     if not external_data:
         _write_inline_streaming(model, path)

@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -236,3 +237,28 @@ def test_result_failing_a_check_the_input_passes_is_not_written(tmp_path, model,
     data = json.loads(report.read_text())
     assert data["final_checks"]["onnxruntime_default_level"] == "failed: simulated"
     assert data["input_checks"] == {"onnx_checker": "ok", "onnxruntime_default_level": "ok"}
+
+
+def test_outputs_never_overwrite_the_inputs_data_files(tmp_path, capsys):
+    """The output, or the data file it would write, must not be a file the input is read from."""
+    src = tmp_path / "a.onnx"
+    data = Path(fx.save_with_external_data(fx.resnet(), src))
+    snapshot = {p: p.read_bytes() for p in (src, data)}
+    # the output is the input's data file
+    code, _, err = _cli([src, data], capsys)
+    assert code == 2 and "a file the input model is read from" in err
+    # the output's data file is the input's: a.onnx keeps its weights in b.onnx.data
+    renamed = tmp_path / "b.onnx.data"
+    data.rename(renamed)
+    proto = onnx.load(src, load_external_data=False)
+    for t in proto.graph.initializer:
+        for e in t.external_data:
+            if e.key == "location":
+                e.value = renamed.name
+    onnx.save(proto, src)
+    snapshot = {p: p.read_bytes() for p in (src, renamed)}
+    code, _, err = _cli([src, tmp_path / "b.onnx", "--external-data"], capsys)
+    assert code == 2 and "b.onnx.data" in err and not (tmp_path / "b.onnx").exists()
+    assert {p: p.read_bytes() for p in snapshot} == snapshot
+    code, _, _ = _cli([src, tmp_path / "b.onnx"], capsys)  # inline: the data file is not touched
+    assert code == 0 and {p: p.read_bytes() for p in snapshot} == snapshot
