@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
 from . import registry
-from .errors import OnnxSlimError, UsageError
+from .errors import ModelError, OnnxSlimError, UsageError
 from .inputs import parse_shape_arg
 from .validation import Tolerance
 
@@ -71,6 +73,44 @@ def _tolerances(items: Sequence[str]) -> dict[str, Tolerance]:
     return result
 
 
+def _destination(text: str, what: str) -> Path:
+    """A file the run will write, checked before anything runs: not a directory, in a directory
+    that exists and takes new files."""
+    path = Path(text)
+    if not text or text.endswith(("/", os.sep)) or path.is_dir():
+        raise UsageError(f"{what} {text!r}: not a file path")
+    directory = path.parent
+    if not directory.is_dir():
+        raise UsageError(f"{what} {text}: directory {directory} does not exist")
+    try:
+        tempfile.TemporaryFile(dir=directory).close()
+    except OSError as exc:
+        raise ModelError(f"{what} {text}: cannot write in {directory} ({exc.strerror})") from None
+    return path
+
+
+def _same_path(a: Path, b: Path) -> bool:
+    try:
+        return a.resolve() == b.resolve() or (a.exists() and b.exists() and os.path.samefile(a, b))
+    except OSError:
+        return False
+
+
+def _check_destinations(source: Path, output: Path | None, extras: dict[str, Path]) -> None:
+    """A report or plot must not replace the input model, the output (or its data file) or the
+    other one."""
+    from .model_io import output_files
+
+    models = [source, *(output_files(output, external_data=True) if output is not None else [])]
+    seen: list[Path] = []
+    for flag, path in extras.items():
+        if any(_same_path(path, m) for m in models):
+            raise UsageError(f"{flag} {path}: refusing to overwrite a model file")
+        if any(_same_path(path, s) for s in seen):
+            raise UsageError(f"{flag} {path}: --report and --plot must be different files")
+        seen.append(path)
+
+
 def list_passes() -> str:
     lines = []
     for name, cls in registry.available().items():
@@ -102,7 +142,10 @@ def run(argv: Sequence[str] | None = None) -> int:
         raise UsageError("give --passes or --recipe, not both")
     if args.samples < 1:
         raise UsageError("--samples must be at least 1")
-    source, output = Path(args.input), Path(args.output) if args.output else None
+    source = Path(args.input)
+    output = _destination(args.output, "output") if args.output is not None and not args.dry_run else None
+    extras = {flag: _destination(text, flag) for flag, text in (("--report", args.report), ("--plot", args.plot)) if text is not None}
+    _check_destinations(source, output, extras)
     if output is not None and not args.in_place and source.exists() and output.exists() and output.resolve() == source.resolve():
         raise UsageError(f"{output}: refusing to overwrite the input model (use --in-place)")
     pipeline = registry.load_recipe(args.recipe) if args.recipe else registry.build_all(args.passes)
@@ -128,13 +171,13 @@ def run(argv: Sequence[str] | None = None) -> int:
         if output is not None and not args.dry_run:
             result.save(output, external_data=True if args.external_data else None, in_place=args.in_place)
     finally:  # a pipeline reads the report also when the result was refused
-        if args.report:
-            result.report.write_json(Path(args.report))
-        if args.plot:
+        if "--report" in extras:
+            result.report.write_json(extras["--report"])
+        if "--plot" in extras:
             from .model_io import write_text_atomic
             from .plot import report_svg
 
-            write_text_atomic(Path(args.plot), report_svg(result.report))
+            write_text_atomic(extras["--plot"], report_svg(result.report))
     if not args.quiet:
         print(result.report.render(), end="")
         if result.report.output:

@@ -262,3 +262,42 @@ def test_outputs_never_overwrite_the_inputs_data_files(tmp_path, capsys):
     assert {p: p.read_bytes() for p in snapshot} == snapshot
     code, _, _ = _cli([src, tmp_path / "b.onnx"], capsys)  # inline: the data file is not touched
     assert code == 0 and {p: p.read_bytes() for p in snapshot} == snapshot
+
+
+def test_report_and_plot_never_overwrite_a_model_or_each_other(tmp_path, model, capsys):
+    out = tmp_path / "out.onnx"
+    before = model.read_bytes()
+    cases = [
+        ["--report", model],
+        ["--plot", model],
+        ["--dry-run", "--report", model],
+        ["--plot", out],
+        ["--report", f"{out}.data"],
+        ["--report", tmp_path / "r.json", "--plot", tmp_path / "r.json"],
+    ]
+    for extra in cases:
+        code, _, err = _cli([model, out, *extra], capsys)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, (extra, err)
+        assert model.read_bytes() == before and not out.exists(), extra
+    assert not (tmp_path / "r.json").exists()
+
+
+@pytest.mark.parametrize(
+    "output, extra, code, message",
+    [
+        ("", [], 2, "not a file path"),
+        ("newdir/", [], 2, "not a file path"),
+        ("adir", [], 2, "not a file path"),
+        ("nodir/out.onnx", [], 2, "does not exist"),
+        ("out.onnx", ["--report", "nodir/r.json"], 2, "does not exist"),
+        ("out.onnx", ["--plot", "adir"], 2, "not a file path"),
+        ("/proc/out.onnx", [], 1, "cannot write in /proc"),
+    ],
+)
+def test_destinations_are_checked_before_anything_is_written(tmp_path, model, capsys, monkeypatch, output, extra, code, message):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "adir").mkdir()
+    before = sorted(p.name for p in tmp_path.iterdir())
+    got, _, err = _cli([model, output, *extra], capsys)
+    assert got == code and message in err and err.count("\n") == 1 and "Traceback" not in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
