@@ -101,29 +101,39 @@ def load_recipe(path: str | Path) -> list[Pass]:
         data = tomllib.loads(path.read_text())
     except FileNotFoundError:
         raise UsageError(f"{path}: no such recipe file") from None
+    except OSError as exc:
+        raise UsageError(f"{path}: cannot read the recipe ({exc.strerror})") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UsageError(f"{path}: not a valid TOML recipe ({exc})") from None
     entries = data.get("pass")
     if not isinstance(entries, list) or not entries:
         raise UsageError(f"{path}: a recipe lists passes as [[pass]] tables with a name")
-    return [build(entry, where=str(path)) for entry in entries]
+    return build_all(entries, where=str(path))
 
 
 def build(entry: Mapping[str, Any] | str | Pass, where: str = "pipeline") -> Pass:
-    """A pass from a name, a ``{"name": ..., **options}`` mapping, or a Pass (returned as is)."""
+    """A pass from a name (with options: ``"prune:ratio=0.3"``), a ``{"name": ..., **options}``
+    mapping, or a Pass (returned as is)."""
     if isinstance(entry, Pass):
         return entry
     if isinstance(entry, str):
-        return parse_pipeline(entry)[0] if ":" in entry else get(entry)()
+        passes = parse_pipeline(entry)
+        if len(passes) > 1:
+            raise UsageError(f"{where}: {entry!r} names {len(passes)} passes, expected one")
+        return passes[0]
     if not isinstance(entry, Mapping) or "name" not in entry:
         raise UsageError(f"{where}: each pass needs a name")
     options = {k: v for k, v in entry.items() if k != "name"}
     return get(str(entry["name"]))(**options)
 
 
-def build_all(entries: Sequence[Mapping[str, Any] | str | Pass] | str | None) -> list[Pass]:
+def build_all(entries: Sequence[Mapping[str, Any] | str | Pass] | str | None, where: str = "pipeline") -> list[Pass]:
+    """The pipeline: a CLI-style string, or a list whose strings may each hold several passes
+    (``["prune:ratio=0.3,sparsify", "cleanup"]``). None is :data:`DEFAULT_PIPELINE`."""
     if entries is None:
         return [get(name)() for name in DEFAULT_PIPELINE]
     if isinstance(entries, str):
         return parse_pipeline(entries)
-    return [build(e) for e in entries]
+    if not isinstance(entries, Sequence):
+        raise UsageError(f"{where}: passes are a string or a list of passes, got {type(entries).__name__}")
+    return [p for e in entries for p in (parse_pipeline(e) if isinstance(e, str) else [build(e, where)])]

@@ -196,6 +196,21 @@ def test_recipe(tmp_path):
     recipe.write_text("this is = = not toml")
     with pytest.raises(UsageError, match="not a valid TOML"):
         registry.load_recipe(recipe)
+    # a string entry may hold several passes: all of them run, none is dropped
+    recipe.write_text('pass = ["test-lossy-scale:factor=2,cleanup:dedupe=false", {name = "cleanup"}]\n')
+    a, b, c = registry.load_recipe(recipe)
+    assert (a.name, a.options.factor, b.name, b.options.dedupe, c.name) == ("test-lossy-scale", 2.0, "cleanup", False, "cleanup")
+    with pytest.raises(UsageError, match="cannot read the recipe"):
+        registry.load_recipe(tmp_path)
+
+
+def test_pipeline_list_expands_comma_separated_strings(mlp_path):
+    result = onnxslim.optimize(mlp_path, ["test-lossy-scale:factor=1.5,cleanup"], validate=False)
+    assert [p.name for p in result.report.passes] == ["test-lossy-scale", "cleanup"]
+    with pytest.raises(UsageError, match="expected one"):
+        registry.build("cleanup,cleanup")
+    with pytest.raises(UsageError, match="a string or a list of passes, got int"):
+        onnxslim.optimize(mlp_path, 5)
 
 
 def test_refuses_to_overwrite_input(mlp_path):
@@ -335,3 +350,36 @@ def test_macs_inside_if_branches_are_measured_on_the_branch_taken():
     sample["cond"] = np.array(False)
     assert stats.count_macs(model, shapes, sample) == (4 * 16 * 4, 1)
     assert model_io.to_bytes(model) == before  # measured on a clone
+
+
+def test_optimize_never_modifies_the_callers_ir_model(mlp_path):
+    import onnx_ir as ir
+
+    model = ir.load(mlp_path)
+    before = onnx.printer.to_text(ir.serde.serialize_model(model).graph)
+    shapes = {v.name: v.const_value.shape for v in model.graph.initializers.values()}
+    result = onnxslim.optimize(model, passes="prune:ratio=0.5", min_cosine=0.9999)
+    assert result.report.passes[0].status == "rolled back"
+    onnxslim.optimize(model, passes="prune:ratio=0.5", validate=False)  # applied to the copy
+    assert {v.name: v.const_value.shape for v in model.graph.initializers.values()} == shapes
+    assert onnx.printer.to_text(ir.serde.serialize_model(model).graph) == before
+
+
+def test_a_failed_rename_never_leaves_a_model_without_its_data(tmp_path, monkeypatch):
+    import os
+
+    model = model_io.load(fx.resnet())
+    out = tmp_path / "out.onnx"
+    real, calls = os.replace, []
+
+    def second_fails(src, dst):
+        calls.append(dst)
+        if len(calls) == 2:
+            raise OSError("simulated")
+        real(src, dst)
+
+    monkeypatch.setattr(model_io.os, "replace", second_fails)
+    with pytest.raises(OSError, match="simulated"):
+        model_io.save(model, out, external_data=True)
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
