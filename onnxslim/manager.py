@@ -94,6 +94,7 @@ def optimize(
     objects, names or ``{"name": ..., **options}`` mappings. ``inputs``/``calibration`` are
     ``.npz`` paths or lists of feed dicts; without ``inputs``, ``samples`` seeded random
     samples are built from the input signature (``input_shapes`` fixes dynamic dims).
+    ``tolerances`` maps output names to a :class:`Tolerance` (a number: its atol, rtol 0).
     """
     if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
         raise UsageError(f"--min-cosine must be in [-1, 1], got {min_cosine}")
@@ -111,6 +112,7 @@ def optimize(
         return OptimizeResult(None, report, doc.proto, source, doc.files)
 
     current = doc.model
+    tolerances = validation.per_output(tolerances, [v.name for v in current.graph.outputs])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

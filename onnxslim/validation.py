@@ -8,12 +8,14 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 
 from . import runtime
+from .errors import UsageError
 from .inputs import Sample
 
 Outputs = list[dict[str, np.ndarray]]
@@ -31,6 +33,27 @@ class Tolerance:
 
     atol: float = 1e-5
     rtol: float = 1e-5
+
+    def __post_init__(self) -> None:
+        for name in ("atol", "rtol"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or not value >= 0:  # NaN too
+                raise UsageError(f"tolerance {name} must be a number >= 0, got {value!r}")
+
+
+def per_output(tolerances: Mapping[str, Tolerance | float] | None, outputs: Sequence[str]) -> dict[str, Tolerance]:
+    """Per-output tolerances, checked against the model's ``outputs``. A number stands for
+    ``Tolerance(atol=number, rtol=0)``, like the CLI's ``OUTPUT=ATOL``."""
+    result = {}
+    for name, tol in (tolerances or {}).items():
+        if name not in outputs:
+            raise UsageError(f"tolerance for {name!r}: the model has no such output (outputs: {', '.join(outputs)})")
+        if isinstance(tol, numbers.Real):
+            tol = Tolerance(tol, 0.0)
+        if not isinstance(tol, Tolerance):
+            raise UsageError(f"tolerance for {name!r}: expected a Tolerance or a number, got {type(tol).__name__}")
+        result[name] = tol
+    return result
 
 
 @dataclasses.dataclass

@@ -129,6 +129,18 @@ def test_per_output_tolerance(mlp_path):
     loose = {out: onnxslim.Tolerance(atol=10.0, rtol=0.0)}
     result = onnxslim.optimize(mlp_path, [ScaleFirstWeight(factor=1.01)], tolerances=loose)
     assert result.report.passes[0].status == "applied"
+    # a number is the output's atol (rtol 0), as in the CLI's OUTPUT=ATOL
+    result = onnxslim.optimize(mlp_path, [ScaleFirstWeight(factor=1.01)], tolerances={out: 10.0})
+    assert result.report.passes[0].status == "applied"
+    with pytest.raises(UsageError, match="no such output"):
+        onnxslim.optimize(mlp_path, tolerances={"nosuch": 1.0})
+    with pytest.raises(UsageError, match="expected a Tolerance or a number, got str"):
+        onnxslim.optimize(mlp_path, tolerances={out: "1e-3"})
+    for bad in (-1.0, float("nan"), "1"):
+        with pytest.raises(UsageError, match="must be a number >= 0"):
+            onnxslim.Tolerance(atol=bad)
+        with pytest.raises(UsageError, match="must be a number >= 0"):
+            onnxslim.Tolerance(rtol=bad)
 
 
 def test_report_json_is_complete(mlp_path, tmp_path):
