@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
 import tempfile
+import threading
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -191,6 +193,12 @@ def run(argv: Sequence[str] | None = None) -> int:
 def main(argv: Sequence[str] | None = None) -> int:
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     warnings.simplefilter("ignore" if not debug else "default")
+
+    def terminated(signum, frame):  # SIGTERM unwinds like Ctrl-C: finally blocks remove temporary files
+        raise KeyboardInterrupt("terminated")
+
+    in_main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, terminated) if in_main_thread else None
     try:
         return run(argv)
     except OnnxSlimError as exc:
@@ -198,7 +206,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"onnxslim: error: {exc}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
+        if exc.args == ("terminated",):
+            print("onnxslim: terminated", file=sys.stderr)
+            return 143
         print("onnxslim: interrupted", file=sys.stderr)
         return 130
     except Exception as exc:  # a bug: still one line unless --debug
@@ -206,6 +217,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"onnxslim: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
         return 1
+    finally:
+        if in_main_thread:
+            signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ as sparse tensors, so nothing is lost and passes see ordinary weights.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import shutil
 import tempfile
@@ -23,7 +24,7 @@ from google.protobuf.message import DecodeError
 
 from . import wire
 from .constants import SPARSE_FORMAT_KEY, all_graphs
-from .errors import ModelError
+from .errors import ModelError, UsageError
 
 #: onnxruntime 1.31 refuses IR version 14 (onnx 1.23's default); never write more than this.
 MAX_IR_VERSION = 13
@@ -61,7 +62,7 @@ def load(source: ModelSource) -> ir.Model:
 def load_document(source: ModelSource) -> Document:
     """Load a model from a path, bytes, a ModelProto or an ``ir.Model`` with every input check."""
     if isinstance(source, ir.Model):
-        return Document(source)
+        return Document(source.clone())  # never modify the caller's model (tensors are shared, not copied)
     path: Path | None = None
     if isinstance(source, onnx.ModelProto):
         proto = onnx.ModelProto()
@@ -86,12 +87,12 @@ def load_document(source: ModelSource) -> Document:
     except Exception as exc:
         root = _root_cause(exc)
         if isinstance(root, NotImplementedError):  # valid ONNX that onnx-ir cannot hold
-            proto = _parse_file(path) if path is not None else proto  # kept as read, weights inline
+            if path is not None:  # kept as read, with its external data (if any) read in
+                proto = _parse_file(path)
+                _check_external_data(proto, base_dir, where)
+                _inline_external_data(proto)
             return Document(None, proto, path, unsupported=str(root).split(". Please")[0], files=files)
         raise ModelError(f"{where}: cannot read model: {str(root).splitlines()[0]}") from exc
-    if base_dir is not None:
-        for graph in all_graphs(model):
-            ir.external_data.set_base_dir(graph, base_dir)
     for graph in all_graphs(model):
         for value in graph.initializers.values():
             if value.name in sparse_names:
@@ -112,7 +113,7 @@ def uses_external_data(model: ir.Model | onnx.ModelProto, external_data: bool | 
     if external_data is not None:
         return external_data
     if isinstance(model, onnx.ModelProto):
-        return False
+        return model.ByteSize() > INLINE_LIMIT_BYTES
     from .constants import weight_bytes
 
     return weight_bytes(model) > INLINE_LIMIT_BYTES
@@ -181,6 +182,9 @@ def _check_structure(proto: onnx.ModelProto, where: str) -> None:
     """Every node input must name something defined (dangling inputs are a common corruption)."""
 
     def visit(graph: onnx.GraphProto, outer: set[str]) -> None:
+        for name in _names(graph):
+            if not isinstance(name, str):  # protobuf hands out invalid UTF-8 as bytes
+                raise ModelError(f"{where}: name {name!r} is not valid UTF-8")
         known = set(outer)
         known.update(i.name for i in graph.input)
         known.update(t.name for t in graph.initializer)
@@ -203,6 +207,17 @@ def _check_structure(proto: onnx.ModelProto, where: str) -> None:
     visit(proto.graph, set())
 
 
+def _names(graph: onnx.GraphProto) -> Iterator[str | bytes]:
+    yield graph.name
+    for info in (*graph.input, *graph.output, *graph.value_info):
+        yield info.name
+    for tensor in graph.initializer:
+        yield tensor.name
+    for node in graph.node:
+        yield from (node.name, node.op_type, node.domain, *node.input, *node.output)
+        yield from (a.name for a in node.attribute)
+
+
 def _external_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
     for graph in _all_proto_graphs(proto.graph):
         yield from graph.initializer
@@ -213,19 +228,59 @@ def _external_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
 
 
 def _check_external_data(proto: onnx.ModelProto, base_dir: Path | None, where: str) -> None:
+    """Check every tensor's data size and external reference; pin each reference to the file it
+    names (absolute, symlinks followed), so that a model path that is a symlink (the Hugging Face
+    cache: ``snapshots/<rev>/model.onnx -> ../../blobs/<sha>``) reads what onnxruntime reads."""
     for tensor in _external_tensors(proto):
+        expected = _expected_nbytes(tensor)
         if tensor.data_location != onnx.TensorProto.EXTERNAL:
+            if tensor.HasField("raw_data") and expected is not None and len(tensor.raw_data) != expected:
+                raise ModelError(f"{where}: tensor {tensor.name!r} has {len(tensor.raw_data)} bytes of data, its shape needs {expected}")
             continue
         info = {e.key: e.value for e in tensor.external_data}
         location = info.get("location", "")
         if base_dir is None:
             raise ModelError(f"{where}: tensor {tensor.name!r} uses external data {location!r}; load the model from its path")
+        if os.path.isabs(location) or os.path.normpath(location).split(os.sep)[0] == "..":
+            raise ModelError(f"{where}: external data {location!r} of tensor {tensor.name!r} is outside the model's directory")
+        try:
+            offset, length = int(info.get("offset", 0)), int(info["length"]) if "length" in info else expected
+        except ValueError:
+            raise ModelError(f"{where}: tensor {tensor.name!r} has a bad external data offset or length") from None
+        if offset < 0 or (length or 0) < 0:
+            raise ModelError(f"{where}: tensor {tensor.name!r} has a negative external data offset or length")
+        if length is not None and expected is not None and length != expected:
+            raise ModelError(f"{where}: tensor {tensor.name!r} has {length} bytes of data, its shape needs {expected}")
         file = base_dir / location
         if not location or not file.is_file():
             raise ModelError(f"{where}: external data file {location!r} for tensor {tensor.name!r} is missing")
-        end = int(info.get("offset", 0)) + int(info.get("length", 0))
+        end = offset + (length or 0)
         if end > file.stat().st_size:
             raise ModelError(f"{where}: external data file {location!r} is truncated (tensor {tensor.name!r} needs {end} bytes)")
+        next(e for e in tensor.external_data if e.key == "location").value = str(file.resolve())
+
+
+def _expected_nbytes(tensor: onnx.TensorProto) -> int | None:
+    """The raw data bytes a tensor's type and shape need (None for strings and unknown types)."""
+    try:
+        dtype = ir.DataType(tensor.data_type)
+    except ValueError:
+        return None
+    if dtype in (ir.DataType.STRING, ir.DataType.UNDEFINED):
+        return None
+    return (math.prod(tensor.dims) * dtype.bitwidth + 7) // 8
+
+
+def _inline_external_data(proto: onnx.ModelProto) -> None:
+    """Read every (checked and pinned) external tensor into the proto."""
+    for tensor in _external_tensors(proto):
+        if tensor.data_location == onnx.TensorProto.EXTERNAL:
+            info = {e.key: e.value for e in tensor.external_data}
+            with open(info["location"], "rb") as f:
+                f.seek(int(info.get("offset", 0)))
+                tensor.raw_data = f.read(int(info["length"]) if "length" in info else _expected_nbytes(tensor))
+            del tensor.external_data[:]
+            tensor.data_location = onnx.TensorProto.DEFAULT
 
 
 def _sparse_to_dense(sparse: onnx.SparseTensorProto) -> onnx.TensorProto:
@@ -345,35 +400,35 @@ def save(
         raise ModelError(f"{path}: output directory {target_dir} does not exist")
     if isinstance(model, ir.Model) and model.ir_version > MAX_IR_VERSION:
         model.ir_version = MAX_IR_VERSION
+    for dest in output_files(path, uses_external_data(model, external_data)):
+        if dest.is_dir():
+            raise UsageError(f"{dest}: is a directory")
     tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=target_dir))
     try:
         written = _write(model, tmp_dir / path.name, external_data)
-        final = []
-        for file in written:
-            dest = target_dir / file.name
+        final = [target_dir / file.name for file in written]
+        # The data file first, the model last: a failure never leaves a model without its data.
+        for file, dest in reversed(list(zip(written, final))):
             os.replace(file, dest)
-            final.append(dest)
         return final
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
 
 
 def _write(model: ir.Model | onnx.ModelProto, path: Path, external_data: bool | None) -> list[Path]:
+    external_data = uses_external_data(model, external_data)
+    data_name = f"{path.name}.data"
     if isinstance(model, onnx.ModelProto):
         proto = onnx.ModelProto()
         proto.CopyFrom(model)
         proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
-        onnx.save(proto, path)
-        return [path]
-    from .constants import weight_bytes
-
-    external_data = uses_external_data(model, external_data)
-    sparse = _sparse_marked(model)
-    if not external_data:
+        if external_data:
+            onnx.save(proto, path, save_as_external_data=True, location=data_name, size_threshold=1024)
+        else:
+            onnx.save(proto, path)
+    elif not external_data:
         _write_inline_streaming(model, path)
-        return [path]
-    data_name = f"{path.name}.data"
-    if sparse:
+    elif _sparse_marked(model):
         # Sparse entries must be moved out of the initializer list in proto form.
         proto = to_proto(model)
         onnx.save(proto, path, save_as_external_data=True, location=data_name, size_threshold=1024)

@@ -307,3 +307,161 @@ def test_destinations_are_checked_before_anything_is_written(tmp_path, model, ca
     got, _, err = _cli([model, output, *extra], capsys)
     assert got == code and message in err and err.count("\n") == 1 and "Traceback" not in err, err
     assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def _hf_snapshot(tmp_path, external):
+    """The Hugging Face cache layout: snapshots/<rev>/model.onnx -> ../../blobs/<sha> (and the
+    data file likewise)."""
+    blobs, snap = tmp_path / "blobs", tmp_path / "snapshots" / "abc"
+    blobs.mkdir()
+    snap.mkdir(parents=True)
+    if external:
+        data = Path(fx.save_with_external_data(fx.resnet(), blobs / "model.onnx"))
+        data.rename(blobs / "sha2")
+        (snap / "model.onnx.data").symlink_to("../../blobs/sha2")
+    else:
+        onnx.save(fx.resnet(), blobs / "model.onnx")
+    (blobs / "model.onnx").rename(blobs / "sha1")
+    (snap / "model.onnx").symlink_to("../../blobs/sha1")
+    return snap / "model.onnx"
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_symlinked_model_loads_as_onnxruntime_loads_it(tmp_path, capsys, external):
+    import onnxruntime as ort
+
+    src = _hf_snapshot(tmp_path, external)
+    ort.InferenceSession(str(src), providers=["CPUExecutionProvider"])
+    out = tmp_path / "out.onnx"
+    code, _, err = _cli([src, out], capsys)
+    assert code == 0, err
+    ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+
+
+def _zipmap_with_external_data(path):
+    proto = fx.zipmap_classifier()
+    g = proto.graph
+    g.initializer.append(onnx.numpy_helper.from_array(np.eye(4, dtype=np.float32).repeat(64, 1)[:, :4] * 2, "W"))
+    g.initializer.append(onnx.numpy_helper.from_array(np.ones((64, 64), np.float32), "big"))  # kept external
+    old = g.input[0].name
+    for node in g.node:
+        node.input[:] = ["xw" if name == old else name for name in node.input]
+    g.node.insert(0, onnx.helper.make_node("MatMul", [old, "W"], ["xw"]))
+    onnx.save(proto, path, save_as_external_data=True, location=f"{path.name}.data", size_threshold=0)
+
+
+@pytest.mark.parametrize("external", [False, True])
+def test_unrepresentable_model_with_external_data_is_written_whole(tmp_path, capsys, external):
+    import onnxruntime as ort
+
+    (tmp_path / "src").mkdir()
+    (tmp_path / "dst").mkdir()
+    src, out = tmp_path / "src" / "zip.onnx", tmp_path / "dst" / "out.onnx"
+    _zipmap_with_external_data(src)
+    code, _, err = _cli([src, out, *(["--external-data"] if external else [])], capsys)
+    assert code == 0, err
+    assert (tmp_path / "dst" / "out.onnx.data").exists() == external
+    feeds = {"input": np.ones((2, 4), np.float32)}
+    want = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feeds)
+    got = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"]).run(None, feeds)
+    np.testing.assert_array_equal(want[0], got[0])
+
+
+def test_data_path_that_is_a_directory_is_refused_before_writing(tmp_path, model, capsys):
+    out = tmp_path / "out.onnx"
+    (tmp_path / "out.onnx.data").mkdir()
+    code, _, err = _cli([model, out, "--external-data"], capsys)
+    assert code in (1, 2) and "is a directory" in err and err.count("\n") == 1 and "internal error" not in err
+    assert not out.exists()
+
+
+def test_sigterm_during_save_removes_the_temporary_directory(tmp_path, model):
+    out = tmp_path / "out.onnx"
+    script = textwrap.dedent(
+        f"""
+        import os, signal, sys
+        from onnxslim import cli, model_io
+
+        real = model_io._write
+
+        def write_then_terminated(*args):
+            files = real(*args)
+            os.kill(os.getpid(), signal.SIGTERM)
+            return files
+
+        model_io._write = write_then_terminated
+        sys.exit(cli.main([{str(model)!r}, {str(out)!r}, "--quiet", "--no-validate"]))
+        """
+    )
+    run = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True)
+    assert run.returncode in (130, 143), run.stderr
+    assert run.stderr.count("\n") == 1 and "Traceback" not in run.stderr
+    assert list(tmp_path.iterdir()) == [model]
+
+
+def _matmul_model(n, weight):
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "W"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, n])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, n])],
+        [weight],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=8)
+
+
+@pytest.mark.parametrize("n", [64, 8])  # read lazily (>= 4 KiB) and inline
+def test_raw_data_shorter_than_its_shape_is_a_model_error(tmp_path, capsys, n):
+    weight = onnx.numpy_helper.from_array(np.ones((n, n), np.float32), "W")
+    weight.raw_data = weight.raw_data[:-4]
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(_matmul_model(n, weight), src)
+    code, _, err = _cli([src, out], capsys)
+    assert code == 1 and "'W'" in err and "its shape needs" in err and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def _with_external_entry(tmp_path, key, value):
+    d = tmp_path / "d"
+    d.mkdir()
+    src = d / "m.onnx"
+    data = Path(fx.save_with_external_data(_matmul_model(64, onnx.numpy_helper.from_array(np.ones((64, 64), np.float32), "W")), src))
+    (tmp_path / "w.bin").write_bytes(data.read_bytes())
+    proto = onnx.load(src, load_external_data=False)
+    tensor = proto.graph.initializer[0]
+    entries = {e.key: e.value for e in tensor.external_data}
+    entries[key] = value
+    del tensor.external_data[:]
+    for k, v in entries.items():
+        entry = tensor.external_data.add()
+        entry.key, entry.value = k, v
+    onnx.save(proto, src)
+    return src
+
+
+@pytest.mark.parametrize(
+    "key, value, message",
+    [
+        ("location", "../w.bin", "outside the model's directory"),
+        ("location", "ABSOLUTE", "outside the model's directory"),
+        ("offset", "-4", "negative external data offset"),
+    ],
+)
+def test_bad_external_data_references_are_model_errors(tmp_path, capsys, key, value, message):
+    src = _with_external_entry(tmp_path, key, str(tmp_path / "w.bin") if value == "ABSOLUTE" else value)
+    out = tmp_path / "out.onnx"
+    code, _, err = _cli([src, out], capsys)
+    assert code == 1 and message in err and err.startswith("onnxslim: error:") and err.count("\n") == 1, err
+    assert not out.exists()
+
+
+def test_non_utf8_names_are_a_model_error(tmp_path, capsys):
+    proto = _matmul_model(8, onnx.numpy_helper.from_array(np.ones((8, 8), np.float32), "W"))
+    proto.graph.node[0].name = "mm"
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    src.write_bytes(proto.SerializeToString().replace(b"\x02mm", b"\x02\xff\xfe"))
+    code, _, err = _cli([src, out], capsys)
+    assert code == 1 and "not valid UTF-8" in err and err.count("\n") == 1, err
+    assert not out.exists()
