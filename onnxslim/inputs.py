@@ -12,6 +12,7 @@ small ranges: Gather indices stay inside the table, "mask" inputs are ones, othe
 from __future__ import annotations
 
 import dataclasses
+import os
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from .errors import ModelError, UsageError
+from .errors import UsageError
 
 Sample = dict[str, np.ndarray]
 
@@ -165,10 +166,10 @@ def random_samples(
 
 
 def load_samples(path: str | Path, model: ir.Model) -> list[Sample]:
-    """Samples from an ``.npz`` keyed by input name.
+    """Samples from an ``.npz`` keyed by input name, checked by :func:`conform`.
 
     An array with one more dimension than the input's rank holds several samples along axis 0;
-    an array of the input's rank is one sample. Every required input must be present.
+    an array of the input's rank is one sample.
     """
     path = Path(path)
     if not path.is_file():
@@ -178,57 +179,76 @@ def load_samples(path: str | Path, model: ir.Model) -> list[Sample]:
             arrays = {k: data[k] for k in data.files}
     except Exception as exc:
         raise UsageError(f"{path}: not a readable .npz file ({type(exc).__name__})") from None
-    inputs = model_inputs(model)
-    names = {v.name for v in inputs}
-    unknown = sorted(set(arrays) - names)
-    if unknown:
-        raise UsageError(f"{path}: model has no input {unknown[0]!r} (inputs: {', '.join(sorted(names))})")
-    missing = sorted(names - set(arrays))
-    if missing:
-        raise UsageError(f"{path}: no data for input {missing[0]!r}")
-    counts = set()
-    split: dict[str, list[np.ndarray]] = {}
-    for value in inputs:
-        arr = arrays[value.name]
-        rank = len(value.shape) if value.shape is not None else arr.ndim
-        if arr.ndim == rank + 1:
-            split[value.name] = list(arr)
-        elif arr.ndim == rank:
-            split[value.name] = [arr]
-        else:
-            raise UsageError(f"{path}: {value.name!r} has rank {arr.ndim}, the input has rank {rank}")
-        if value.dtype is not None and arr.dtype != value.dtype.numpy():
-            split[value.name] = [a.astype(value.dtype.numpy()) for a in split[value.name]]
-        counts.add(len(split[value.name]))
+    ranks = {v.name: len(v.shape) for v in model_inputs(model) if v.shape is not None}
+    split = {name: list(arr) if arr.ndim == ranks.get(name, arr.ndim) + 1 else [arr] for name, arr in arrays.items()}
+    counts = {len(arrs) for arrs in split.values()}
     if len(counts) > 1:
         raise UsageError(f"{path}: inputs hold different numbers of samples {sorted(counts)}")
     n = counts.pop() if counts else 1
-    return [{name: np.ascontiguousarray(arrs[i]) for name, arrs in split.items()} for i in range(n)]
+    return conform(model, [{name: arrs[i] for name, arrs in split.items()} for i in range(n)], str(path))
+
+
+def conform(model: ir.Model, samples: Sample | Sequence[Sample], where: str) -> list[Sample]:
+    """User samples (validation or calibration) checked against the input signature: at least
+    one; each a dict with an array for every input the model needs and no unknown name; each
+    array of the input's rank and fixed dims, cast to its dtype where the kind is kept
+    (float64 to float32, not float to int). A single dict is one sample."""
+    if isinstance(samples, Mapping):
+        samples = [samples]
+    if not isinstance(samples, Sequence) or isinstance(samples, str):
+        raise UsageError(f"{where}: expected an .npz path or a list of dicts of arrays, got {type(samples).__name__}")
+    if not samples:
+        raise UsageError(f"{where}: no samples")
+    inputs = model_inputs(model)
+    known = {v.name for v in model.graph.inputs}
+    result = []
+    for index, sample in enumerate(samples):
+        label = f"{where} (sample {index})" if len(samples) > 1 else where
+        if not isinstance(sample, Mapping):
+            raise UsageError(f"{label}: a sample is a dict of arrays keyed by input name, got {type(sample).__name__}")
+        unknown = sorted(set(sample) - known)
+        if unknown:
+            raise UsageError(f"{label}: model has no input {unknown[0]!r} (inputs: {', '.join(sorted(known))})")
+        missing = [v.name for v in inputs if v.name not in sample]
+        if missing:
+            raise UsageError(f"{label}: no data for input {missing[0]!r}")
+        sample = dict(sample)
+        for value in inputs:
+            if isinstance(value.type, ir.TensorType):
+                sample[value.name] = _conform_array(value, sample[value.name], label)
+        result.append(sample)
+    return result
+
+
+def _conform_array(value: ir.Value, data, where: str) -> np.ndarray:
+    arr = np.asarray(data)
+    declared = value.shape
+    if declared is not None:
+        if arr.ndim != len(declared):
+            raise UsageError(f"{where}: {value.name!r} has rank {arr.ndim}, the input has rank {len(declared)}")
+        for axis, (have, want) in enumerate(zip(arr.shape, declared)):
+            if isinstance(want, int) and have != want:
+                raise UsageError(f"{where}: {value.name!r} has shape {arr.shape}, the input has size {want} at axis {axis}")
+    want = value.dtype.numpy() if value.dtype is not None else arr.dtype
+    if not np.can_cast(arr.dtype, want, "same_kind"):
+        raise UsageError(f"{where}: {value.name!r} is {arr.dtype}, the input is {want}")
+    return np.asarray(arr, dtype=want, order="C")  # (ascontiguousarray would make a scalar 1-D)
 
 
 @dataclasses.dataclass
 class InputConfig:
     """Where samples come from: a data file, or seeded random data with optional shapes."""
 
-    data: str | Path | Sequence[Sample] | None = None
+    data: str | os.PathLike | Sample | Sequence[Sample] | None = None
     shapes: Mapping[str, Sequence[int]] | None = None
     count: int = 2
     seed: int = 0
+    #: What the samples are for, in messages ("inputs", "calibration").
+    label: str = "inputs"
 
     def samples(self, model: ir.Model) -> list[Sample]:
         if self.data is None:
             return random_samples(model, self.count, self.seed, self.shapes)
-        if isinstance(self.data, (str, Path)):
+        if isinstance(self.data, (str, os.PathLike)):
             return load_samples(self.data, model)
-        samples = [dict(s) for s in self.data]
-        if not samples:
-            raise UsageError("no input samples given")
-        return samples
-
-
-def check_feeds(model: ir.Model, samples: Sequence[Sample]) -> None:
-    names = {v.name for v in model_inputs(model)}
-    for sample in samples:
-        missing = names - set(sample)
-        if missing:
-            raise ModelError(f"input sample lacks {sorted(missing)[0]!r}")
+        return conform(model, self.data, self.label)

@@ -123,7 +123,7 @@ def optimize(
             # Without validation, samples only refine statistics (MACs at concrete shapes); a
             # signature random data cannot fill (sequence inputs, undeclared shapes) is no error.
             feeds = []
-        calib = Calibration(InputConfig(calibration, input_shapes, samples, seed).samples(current)) if calibration is not None else None
+        calib = Calibration(InputConfig(calibration, input_shapes, samples, seed, "calibration").samples(current)) if calibration is not None else None
     report = Report(str(source) if source else None, None, validated=validate)
     report.warnings.extend(str(w.message) for w in caught)
     for message in report.warnings:

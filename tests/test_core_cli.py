@@ -97,6 +97,30 @@ def test_usage_errors_exit_2(tmp_path, model, capsys, args, message):
     assert not out.exists()
 
 
+@pytest.mark.parametrize("flag", ["--inputs", "--calibration"])
+def test_bad_sample_data_is_a_usage_error_for_inputs_and_calibration_alike(tmp_path, model, capsys, flag):
+    x = np.zeros((1, 3, 32, 32), np.float32)
+    bad = {
+        "wrong key": ({"nosuch": x}, "model has no input 'nosuch'"),
+        "missing input": ({}, "no data for input 'input'"),
+        "wrong shape": ({"input": np.zeros((1, 4, 32, 32), np.float32)}, "size 3 at axis 1"),
+        "wrong rank": ({"input": np.zeros((32, 32), np.float32)}, "has rank 2"),
+        "wrong dtype": ({"input": x.astype(np.complex64)}, "is complex64, the input is float32"),
+        "no samples": ({"input": np.zeros((0, 1, 3, 32, 32), np.float32)}, "no samples"),
+    }
+    out = tmp_path / "out.onnx"
+    passes = ["--passes", "prune:criterion=activation"] if flag == "--calibration" else []
+    for label, (arrays, message) in bad.items():
+        npz = tmp_path / "data.npz"
+        np.savez(npz, **arrays)
+        code, _, err = _cli([model, out, flag, npz, *passes], capsys)
+        assert code == 2 and message in err and err.count("\n") == 1, (label, err)
+        assert not out.exists(), label
+    np.savez(npz, input=x.astype(np.float64))  # same kind: cast to the input's dtype
+    code, _, err = _cli([model, out, flag, npz, *passes], capsys)
+    assert code == 0, err
+
+
 def test_refuses_to_overwrite_input(model, capsys):
     before = model.read_bytes()
     code, _, err = _cli([model, model], capsys)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 
 import numpy as np
 import onnx
@@ -141,6 +142,22 @@ def test_per_output_tolerance(mlp_path):
             onnxslim.Tolerance(atol=bad)
         with pytest.raises(UsageError, match="must be a number >= 0"):
             onnxslim.Tolerance(rtol=bad)
+
+
+def test_sample_arguments_are_checked(mlp_path):
+    x = fx.random_inputs(fx.mlp())["input"]
+    one = onnxslim.optimize(mlp_path, inputs={"input": x})  # a single dict is one sample
+    assert one.report.samples == 1
+    for bad, message in [
+        ([x], "a sample is a dict of arrays keyed by input name, got ndarray"),
+        (x, "expected an .npz path or a list of dicts of arrays, got ndarray"),
+        ([], "no samples"),
+        ([{"input": x}, {"inputz": x}], "inputs (sample 1): model has no input 'inputz'"),
+    ]:
+        with pytest.raises(UsageError, match=re.escape(message)):
+            onnxslim.optimize(mlp_path, inputs=bad)
+    with pytest.raises(UsageError, match=re.escape("calibration: no data for input 'input'")):
+        onnxslim.optimize(mlp_path, calibration=[{}])
 
 
 def test_report_json_is_complete(mlp_path, tmp_path):
