@@ -142,8 +142,6 @@ def run(argv: Sequence[str] | None = None) -> int:
         raise UsageError("missing output path (or use --dry-run)")
     if args.passes and args.recipe:
         raise UsageError("give --passes or --recipe, not both")
-    if args.samples < 1:
-        raise UsageError("--samples must be at least 1")
     source = Path(args.input)
     output = _destination(args.output, "output") if args.output is not None and not args.dry_run else None
     extras = {flag: _destination(text, flag) for flag, text in (("--report", args.report), ("--plot", args.plot)) if text is not None}

@@ -47,9 +47,25 @@ def parse_shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
         shape = tuple(int(d) for d in dims.split("x")) if dims else ()
     except ValueError:
         raise UsageError(f"--input-shape: bad dimensions in {text!r}") from None
-    if any(d <= 0 for d in shape):
-        raise UsageError(f"--input-shape: dimensions must be positive in {text!r}")
     return name, shape
+
+
+def check_shapes(shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]] | None:
+    """User input shapes as tuples of positive ints (names are checked against the model later)."""
+    if shapes is None:
+        return None
+    if not isinstance(shapes, Mapping):
+        raise UsageError(f"--input-shape: expected a mapping of input name to shape, got {type(shapes).__name__}")
+    result = {}
+    for name, dims in shapes.items():
+        try:
+            shape = tuple(dims)
+        except TypeError:
+            shape = None
+        if shape is None or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
+            raise UsageError(f"--input-shape: dimensions of {name!r} must be positive integers, got {dims!r}")
+        result[name] = tuple(int(d) for d in shape)
+    return result
 
 
 def resolve_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:

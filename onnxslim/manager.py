@@ -24,7 +24,7 @@ import onnx_ir as ir
 from . import model_io, registry, runtime, shapes, stats, validation
 from .calibration import Calibration
 from .errors import ModelError, PassFailedError, UsageError
-from .inputs import DefaultedDimsWarning, InputConfig, Sample
+from .inputs import DefaultedDimsWarning, InputConfig, Sample, check_shapes
 from .pass_api import Pass, PassContext
 from .report import APPLIED, FAILED, NO_CHANGE, ROLLED_BACK, SKIPPED, PassReport, Report
 from .validation import Tolerance
@@ -98,6 +98,13 @@ def optimize(
     """
     if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
         raise UsageError(f"--min-cosine must be in [-1, 1], got {min_cosine}")
+    if not isinstance(model, (str, os.PathLike, bytes, onnx.ModelProto, ir.Model)):
+        raise UsageError(f"model: expected a path, bytes, an onnx.ModelProto or an ir.Model, got {type(model).__name__}")
+    if not isinstance(samples, int) or samples < 1:
+        raise UsageError(f"--samples must be at least 1, got {samples!r}")
+    if not isinstance(seed, int) or seed < 0:
+        raise UsageError(f"--seed must be a non-negative integer, got {seed!r}")
+    input_shapes = check_shapes(input_shapes)
     pipeline = registry.build_all(passes)
     doc = model_io.load_document(model)
     source = doc.path

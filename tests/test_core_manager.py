@@ -160,6 +160,25 @@ def test_sample_arguments_are_checked(mlp_path):
         onnxslim.optimize(mlp_path, calibration=[{}])
 
 
+def test_api_arguments_are_usage_errors(mlp_path, tmp_path):
+    for kwargs, message in [
+        ({"samples": 0}, "--samples must be at least 1"),
+        ({"samples": -1}, "--samples must be at least 1"),
+        ({"seed": -1}, "--seed must be a non-negative integer"),
+        ({"input_shapes": {"input": (-1, 16)}}, "must be positive integers"),
+        ({"input_shapes": {"input": (0, 16)}}, "must be positive integers"),
+        ({"input_shapes": {"input": 16}}, "must be positive integers"),
+    ]:
+        with pytest.raises(UsageError, match=re.escape(message)):
+            onnxslim.optimize(mlp_path, **kwargs)
+    for model in (None, 123):
+        with pytest.raises(UsageError, match="expected a path, bytes, an onnx.ModelProto or an ir.Model"):
+            onnxslim.optimize(model)
+    result = onnxslim.optimize(mlp_path)
+    with pytest.raises(UsageError, match="is a directory"):
+        result.save(tmp_path)
+
+
 def test_report_json_is_complete(mlp_path, tmp_path):
     result = onnxslim.optimize(mlp_path, ["cleanup", LossyScale(factor=1.01)])
     data = json.loads(result.report.to_json())
