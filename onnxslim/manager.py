@@ -92,7 +92,8 @@ def optimize(
 
     ``passes`` is a CLI-style string (``"prune:ratio=0.3,sparsify"``), or a list of pass
     objects, names or ``{"name": ..., **options}`` mappings. ``inputs``/``calibration`` are
-    ``.npz`` paths or lists of feed dicts; without ``inputs``, ``samples`` seeded random
+    ``.npz`` paths or lists of feed dicts (one dict: one sample), checked against the
+    input signature; without ``inputs``, ``samples`` seeded random
     samples are built from the input signature (``input_shapes`` fixes dynamic dims).
     ``tolerances`` maps output names to a :class:`Tolerance` (a number: its atol, rtol 0).
     """
