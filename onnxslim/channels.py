@@ -37,7 +37,7 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from . import model_io, shapes, stats
-from .constants import ConstantTensor, add_initializer, constant, model_constants
+from .constants import ConstantTensor, add_initializer, constant, drop_if_unused, model_constants, remove_dead
 
 Dim = int | str | None
 
@@ -1218,7 +1218,7 @@ class ChannelAnalysis:
                     shrunk = True
             if shrunk:
                 value.shape = ir.Shape(dims)
-        dead = _remove_dead([v.producer() for v in empty if v.producer() is not None])
+        dead = remove_dead([v.producer() for v in empty if v.producer() is not None])
         shapes.refresh_shapes(self.model)  # strict: raises ShapeInferenceError on an inconsistent result
         return {"groups": groups_changed, "channels_removed": total, "nodes_removed": dead}
 
@@ -1377,41 +1377,13 @@ def _flush(writes: dict[int, list]) -> None:
             for i, inp in enumerate(reader.inputs):
                 if inp is value:
                     reader.replace_input_with(i, fresh)
-        _drop_if_unused(value)
-
-
-def _drop_if_unused(value: ir.Value) -> None:
-    if value.uses() or value.is_graph_output():
-        return
-    producer = value.producer()
-    if producer is not None and producer.op_type == "Constant":
-        producer.graph.remove(producer, safe=True)
-    elif value.is_initializer() and value.graph is not None:
-        value.graph.initializers.pop(value.name, None)
+        drop_if_unused(value)
 
 
 def _set_inputs(node: ir.Node, values: Sequence[ir.Value]) -> None:
     for i, value in enumerate(values):
         node.replace_input_with(i, value)
     node.resize_inputs(len(values))
-
-
-def _remove_dead(nodes: Iterable[ir.Node]) -> int:
-    """Remove ``nodes`` once none of their outputs is used, then whatever only they read."""
-    work, removed = list(nodes), 0
-    while work:
-        node = work.pop()
-        if node.graph is None or any(o.uses() or o.is_graph_output() for o in node.outputs):
-            continue
-        inputs = [v for v in node.inputs if v is not None]
-        node.graph.remove(node, safe=True)
-        removed += 1
-        for value in inputs:
-            if value.producer() is not None:
-                work.append(value.producer())
-            else:
-                _drop_if_unused(value)
-    return removed
 
 
 def _drop_untyped_shapes(view: ir.Value) -> None:
@@ -1436,7 +1408,7 @@ def _write_split(node: ir.Node, counts: list[int], model: ir.Model) -> None:
         node.resize_inputs(2)
     node.replace_input_with(1, fresh)
     if old is not None:
-        _drop_if_unused(old)
+        drop_if_unused(old)
 
 
 def analyze(model: ir.Model, *, freeze_residual_stream: bool = True) -> ChannelAnalysis:

@@ -11,7 +11,7 @@ caring where the tensor lives.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 import numpy as np
@@ -372,3 +372,33 @@ def add_initializer(graph: ir.Graph, name_hint: str, array: np.ndarray) -> ir.Va
     set_tensor(value, np.asarray(array))
     graph.register_initializer(value)
     return value
+
+
+def drop_if_unused(value: ir.Value) -> None:
+    """Remove the initializer (or the Constant node) behind ``value`` once nothing reads it."""
+    if value.uses() or value.is_graph_output() or value.is_graph_input():
+        return
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant":
+        producer.graph.remove(producer, safe=True)
+    elif value.is_initializer() and value.graph is not None:
+        value.graph.initializers.pop(value.name, None)
+
+
+def remove_dead(nodes: Iterable[ir.Node]) -> int:
+    """Remove each of ``nodes`` once none of its outputs is read, then (transitively) the nodes and
+    initializers only they read. Returns how many nodes were removed."""
+    work, removed = list(nodes), 0
+    while work:
+        node = work.pop()
+        if node.graph is None or any(o.uses() or o.is_graph_output() for o in node.outputs):
+            continue
+        inputs = [v for v in node.inputs if v is not None]
+        node.graph.remove(node, safe=True)
+        removed += 1
+        for value in inputs:
+            if value.producer() is not None:
+                work.append(value.producer())
+            else:
+                drop_if_unused(value)
+    return removed

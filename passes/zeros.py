@@ -32,7 +32,7 @@ import onnx_ir as ir
 import scipy.special
 
 from onnxslim import channels, shapes
-from onnxslim.constants import add_initializer, constant, iter_nodes, weight_bytes
+from onnxslim.constants import add_initializer, constant, drop_if_unused, iter_nodes, remove_dead, weight_bytes
 from onnxslim.errors import UsageError
 from onnxslim.pass_api import Pass, PassContext, PassResult, option
 
@@ -552,8 +552,8 @@ class Editor:
         node.replace_input_with(index, value)
         if old is not None and old.producer() is not None:
             self.touched.append(old.producer())
-        elif old is not None:
-            self._drop_initializer(old)
+        elif old is not None and old.is_initializer():
+            drop_if_unused(old)
 
     def bypass(self, node: ir.Node, keep: ir.Value) -> None:
         """Route every use of ``node``'s output to ``keep`` (an Identity if it is a graph output)."""
@@ -568,30 +568,9 @@ class Editor:
 
     def remove_dead(self) -> int:
         """Remove nodes left without uses (transitively) and the initializers only they read."""
-        removed = 0
-        work = list(self.touched)
+        removed = remove_dead(self.touched)
         self.touched.clear()
-        while work:
-            node = work.pop()
-            if node.graph is None or any(o.uses() or o.is_graph_output() for o in node.outputs):
-                continue
-            inputs = [v for v in node.inputs if v is not None]
-            node.graph.remove(node, safe=True)
-            removed += 1
-            for value in inputs:
-                producer = value.producer()
-                if producer is not None:
-                    work.append(producer)
-                else:
-                    self._drop_initializer(value)
         return removed
-
-    def _drop_initializer(self, value: ir.Value) -> None:
-        if value.uses() or value.is_graph_output() or value.is_graph_input() or not value.is_initializer():
-            return
-        graph = value.graph
-        if graph is not None and value.name in graph.initializers:
-            graph.initializers.pop(value.name)
 
 
 def fold_branches(model: ir.Model, known: KnownValues, editor: Editor, *, apply: bool = True) -> int:
