@@ -68,14 +68,19 @@ def check_shapes(shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[
     return result
 
 
+def check_shape_names(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None) -> None:
+    """Every ``--input-shape`` name must be an input of the model (also when data is given)."""
+    names = {v.name for v in model_inputs(model)}
+    for name in shapes or {}:
+        if name not in names:
+            raise UsageError(f"--input-shape: model has no input {name!r} (inputs: {', '.join(sorted(names))})")
+
+
 def resolve_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
     """A concrete shape for every input; unknown dims get documented defaults with a warning."""
     shapes = dict(shapes or {})
     inputs = model_inputs(model)
-    names = {v.name for v in inputs}
-    for name in shapes:
-        if name not in names:
-            raise UsageError(f"--input-shape: model has no input {name!r} (inputs: {', '.join(sorted(names))})")
+    check_shape_names(model, shapes)
     resolved: dict[str, tuple[int, ...]] = {}
     defaulted: list[str] = []
     # A named dim means the same size everywhere: learn sizes from user shapes first, and

@@ -24,7 +24,7 @@ import onnx_ir as ir
 from . import model_io, registry, runtime, shapes, stats, validation
 from .calibration import Calibration
 from .errors import ModelError, PassFailedError, UsageError
-from .inputs import DefaultedDimsWarning, InputConfig, Sample, check_shapes
+from .inputs import DefaultedDimsWarning, InputConfig, Sample, check_shape_names, check_shapes
 from .pass_api import Pass, PassContext
 from .report import APPLIED, FAILED, NO_CHANGE, ROLLED_BACK, SKIPPED, PassReport, Report
 from .validation import Tolerance
@@ -121,6 +121,7 @@ def optimize(
 
     current = doc.model
     tolerances = validation.per_output(tolerances, [v.name for v in current.graph.outputs])
+    check_shape_names(current, input_shapes)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:

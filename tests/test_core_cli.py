@@ -492,3 +492,11 @@ def test_non_utf8_names_are_a_model_error(tmp_path, capsys):
     code, _, err = _cli([src, out], capsys)
     assert code == 1 and "not valid UTF-8" in err and err.count("\n") == 1, err
     assert not out.exists()
+
+
+def test_input_shape_names_are_checked_with_user_data_too(tmp_path, model, capsys):
+    feeds = tmp_path / "feeds.npz"
+    np.savez(feeds, input=np.zeros((1, 3, 32, 32), np.float32))
+    for extra in (["--inputs", feeds], ["--no-validate"]):
+        code, _, err = _cli([model, tmp_path / "out.onnx", "--input-shape", "nope=1x3x32x32", *extra], capsys)
+        assert code == 2 and "model has no input 'nope'" in err
