@@ -402,3 +402,18 @@ def remove_dead(nodes: Iterable[ir.Node]) -> int:
             else:
                 drop_if_unused(value)
     return removed
+
+
+def model_fingerprint(model: ir.Model) -> tuple:
+    """Identity of everything a pass can change (nodes, their inputs and attributes, initializers
+    and their tensors, graph signatures, model metadata): cheap, since passes replace tensors and
+    attributes rather than mutating them."""
+    graphs = []
+    for graph in all_graphs(model):
+        nodes = tuple(
+            (id(n), n.op_type, tuple(map(id, n.inputs)), tuple(map(id, n.outputs)), tuple((k, id(a)) for k, a in n.attributes.items()))
+            for n in graph
+        )
+        inits = tuple((name, id(v), id(v.const_value)) for name, v in graph.initializers.items())
+        graphs.append((nodes, inits, tuple(map(id, graph.inputs)), tuple(map(id, graph.outputs))))
+    return tuple(graphs), tuple(model.metadata_props.items()), tuple(model.opset_imports.items())

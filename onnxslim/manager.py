@@ -22,6 +22,7 @@ import onnx
 import onnx_ir as ir
 
 from . import model_io, registry, runtime, shapes, stats, validation
+from .constants import model_fingerprint
 from .calibration import Calibration
 from .errors import ModelError, PassFailedError, UsageError
 from .inputs import DefaultedDimsWarning, InputConfig, Sample, check_shape_names, check_shapes
@@ -166,6 +167,7 @@ def optimize(
         console.step(f"[{index}/{len(pipeline)}] {p.name}")
         row = PassReport(p.name, p.lossless, NO_CHANGE, options=dataclasses.asdict(p.options))
         snapshot = current.clone()
+        fingerprint = model_fingerprint(current)
         start = time.perf_counter()
         try:
             result = p.run(current, ctx)
@@ -177,7 +179,11 @@ def optimize(
         row.seconds = time.perf_counter() - start
         if result is not None:
             row.summary, row.details, row.notes = result.summary, result.details, list(result.notes)
-            if result.modified:
+            modified = result.modified
+            if not modified and model_fingerprint(current) != fingerprint:  # never trust an unvalidated change
+                modified = True
+                row.notes.append("the pass reported no change but changed the model: checked as a change")
+            if modified:
                 row.status = APPLIED
                 problem = _check_graph(current) or (_shape_problem(current) if infer_ok else None)
                 if problem is None and validate:

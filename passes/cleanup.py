@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from onnx_ir.passes import common
 
-from onnxslim.constants import weight_bytes
+from onnxslim.constants import model_fingerprint, weight_bytes
 from onnxslim.pass_api import Pass, PassContext, PassResult, option
 
 
@@ -38,11 +38,14 @@ class Cleanup(Pass):
         if self.options.opsets:
             steps.append(common.RemoveUnusedOpsetsPass())
         steps.append(common.RemoveUnusedFunctionsPass())
-        modified = False
+        before = model_fingerprint(model)
         for step in steps:
-            modified |= bool(step(model).modified)
+            step(model)
+        # onnx-ir's steps may change the graph and say they did not (RemoveUnusedNodesPass drops
+        # BatchNormalization's default training_mode): the fingerprint tells.
+        modified = model_fingerprint(model) != before
         if modified:
-            modified |= bool(common.TopologicalSortPass()(model).modified)
+            common.TopologicalSortPass()(model)
         details = {
             "nodes_removed": nodes_before - _count_nodes(model),
             "initializers_removed": inits_before - _count_initializers(model),
@@ -55,7 +58,9 @@ class Cleanup(Pass):
             f"{details['weight_bytes_saved']} weight bytes removed"
             + (f", unused opsets {', '.join(details['opsets_removed'])} dropped" if details["opsets_removed"] else "")
         )
-        return PassResult(modified, summary if changed else "nothing to clean", details)
+        if not changed:
+            summary = "nothing removed; onnx-ir normalised the graph (e.g. dropped attributes at their defaults)" if modified else "nothing to clean"
+        return PassResult(modified, summary, details)
 
 
 class _IdentityElimination(common.IdentityEliminationPass):

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import onnx
 import onnxruntime as ort
@@ -231,3 +233,19 @@ def test_functions_value_info_and_doc_strings_are_kept(tmp_path):
     result.save(out)
     for a, b in zip(_run(str(src), feeds), _run(str(out), feeds)):
         np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", [*ROUND_TRIP, "digits_cnn"])
+def test_cleanup_says_no_change_only_when_nothing_changed(name, tmp_path):
+    """onnx-ir's steps can change a graph while saying they did not (the digits CNN's
+    BatchNormalization loses its default training_mode); cleanup must not report "no change" then."""
+    src = tmp_path / "in.onnx"
+    if name == "digits_cnn":
+        src = Path(__file__).resolve().parent.parent / "fixtures" / "models" / "digits_cnn.onnx"
+    else:
+        onnx.save(fx.BUILDERS[name](), src)
+    result = onnxslim.optimize(src)
+    row = result.report.passes[0]
+    unchanged = model_io.to_bytes(result.model) == model_io.to_bytes(model_io.load(src))
+    assert (row.status == "no change") == unchanged, (row.status, row.summary)
+    assert not any("reported no change" in n for n in row.notes)

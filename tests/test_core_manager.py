@@ -430,3 +430,24 @@ def test_a_failed_rename_never_leaves_a_model_without_its_data(tmp_path, monkeyp
         model_io.save(model, out, external_data=True)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+
+
+class SaysNoChange(ScaleFirstWeight):
+    """Deliberately wrong: changes a weight and reports no change."""
+
+    name = "test-says-no-change"
+
+    def run(self, model, ctx):
+        super().run(model, ctx)
+        return PassResult(False, "nothing to do")
+
+
+registry.register(SaysNoChange)
+
+
+def test_a_pass_that_hides_a_change_is_still_validated(mlp_path):
+    row = onnxslim.optimize(mlp_path, ["test-says-no-change"]).report.passes[0]
+    assert row.status == "rolled back" and "lossless pass changed output" in row.reason
+    assert any("reported no change but changed the model" in n for n in row.notes)
+    clean = onnxslim.optimize(mlp_path, ["cleanup", "cleanup"]).report.passes[1]
+    assert clean.status == "no change" and not clean.notes
