@@ -482,35 +482,24 @@ def test_bad_options_are_usage_errors(options):
 # --------------------------------------------------------------------------- files, pipeline, CLI
 
 
-def test_external_data_model_round_trip(tmp_path):
-    proto = _pruned(fx.bert_block(), 0.9)
-    model = model_io.load(proto)
-    model_io.save(model, tmp_path / "dense.onnx", external_data=True)
-    assert (tmp_path / "dense.onnx.data").exists()
-    model = model_io.load(tmp_path / "dense.onnx")
-    assert Sparsify(format="csr").run(model, PassContext()).modified
-    model_io.save(model, tmp_path / "sparse.onnx", external_data=True)
-    sparse = model_io.load(tmp_path / "sparse.onnx")
-    feeds = fx.random_inputs(proto, seed=0)
-    ref, got = _outputs(proto, feeds, "default"), _outputs(model_io.to_proto(sparse), feeds, "default")
-    assert all(got[k].tobytes() == ref[k].tobytes() for k in ref)
-    assert Densify().run(sparse, PassContext()).modified
-    model_io.save(sparse, tmp_path / "back.onnx", external_data=True)
-    back = model_io.to_proto(model_io.load(tmp_path / "back.onnx"))
-    assert _initializer_bytes(back) == _initializer_bytes(proto)
-
-
-def test_coo_external_data_round_trip(tmp_path):
+@pytest.mark.parametrize("fmt", ["csr", "coo"])
+def test_external_data_model_round_trip(tmp_path, fmt):
+    """dense (external data) -> sparsify -> saved with external data -> densify: outputs and
+    initializers unchanged; COO entries are sparse_initializers beside external dense tensors."""
     proto = _pruned(fx.bert_block(), 0.9)
     model_io.save(model_io.load(proto), tmp_path / "dense.onnx", external_data=True)
+    assert (tmp_path / "dense.onnx.data").exists()
     model = model_io.load(tmp_path / "dense.onnx")
-    # the FFN weights become COO; the smaller ones stay dense, in the data file
-    assert Sparsify(format="coo", min_size=10_000).run(model, PassContext()).details["converted"] == 2
-    model_io.save(model, tmp_path / "coo.onnx", external_data=True)
-    saved = onnx.load(str(tmp_path / "coo.onnx"), load_external_data=False)
-    assert len(saved.graph.sparse_initializer) == 2
-    assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in saved.graph.initializer)
-    sparse = model_io.load(tmp_path / "coo.onnx")
+    if fmt == "csr":
+        assert Sparsify(format="csr").run(model, PassContext()).modified
+    else:  # the FFN weights become COO; the smaller ones stay dense, in the data file
+        assert Sparsify(format="coo", min_size=10_000).run(model, PassContext()).details["converted"] == 2
+    model_io.save(model, tmp_path / "sparse.onnx", external_data=True)
+    if fmt == "coo":
+        saved = onnx.load(str(tmp_path / "sparse.onnx"), load_external_data=False)
+        assert len(saved.graph.sparse_initializer) == 2
+        assert any(t.data_location == onnx.TensorProto.EXTERNAL for t in saved.graph.initializer)
+    sparse = model_io.load(tmp_path / "sparse.onnx")
     feeds = fx.random_inputs(proto, seed=0)
     ref, got = _outputs(proto, feeds, "default"), _outputs(model_io.to_proto(sparse), feeds, "default")
     assert all(got[k].tobytes() == ref[k].tobytes() for k in ref)
