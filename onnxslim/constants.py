@@ -327,36 +327,21 @@ def model_constants(model: ir.Model, *, include_small_ints: bool = False) -> lis
 def weight_bytes(model: ir.Model) -> int:
     """Bytes of every stored constant tensor (initializers and Constant nodes, subgraphs included)."""
     total = 0
-    for graph in _graphs(model.graph):
+    for graph in all_graphs(model):
         for init in graph.initializers.values():
             if init.const_value is not None:
                 total += int(init.const_value.nbytes)
-    for node in iter_nodes(model):
-        if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
-            for attr in node.attributes.values():
-                if attr.type == ir.AttributeType.TENSOR:
-                    total += int(attr.as_tensor().nbytes)
+        for node in graph:
+            if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
+                for attr in node.attributes.values():
+                    if attr.type == ir.AttributeType.TENSOR:
+                        total += int(attr.value.nbytes)  # .value: as_tensor()'s Protocol check is slow
     return total
-
-
-def _graphs(graph: ir.Graph) -> Iterator[ir.Graph]:
-    yield graph
-    for node in graph.all_nodes() if hasattr(graph, "all_nodes") else graph:
-        for attr in node.attributes.values():
-            if attr.type == ir.AttributeType.GRAPH:
-                yield from _graphs(attr.as_graph())
-            elif attr.type == ir.AttributeType.GRAPHS:
-                for g in attr.as_graphs():
-                    yield from _graphs(g)
 
 
 def all_graphs(model: ir.Model) -> Iterator[ir.Graph]:
     """The main graph and every subgraph, outermost first."""
-    seen = set()
-    for graph in _graphs(model.graph):
-        if id(graph) not in seen:
-            seen.add(id(graph))
-            yield graph
+    return iter(model.graphs())
 
 
 def add_initializer(graph: ir.Graph, name_hint: str, array: np.ndarray) -> ir.Value:
