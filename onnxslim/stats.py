@@ -11,6 +11,7 @@ import numpy as np
 import onnx_ir as ir
 
 from .constants import iter_nodes, model_constants
+from . import sparse_codec
 from .model_io import inline_size
 from .shapes import ShapeInferenceError, concrete_shapes
 
@@ -50,11 +51,22 @@ def compute(
     params = 0
     zeros = 0
     nbytes = 0
+    # Weights stored as CSR count as the dense tensors they decode to (params and sparsity are
+    # the model's, whatever the storage); their stored bytes count as they are.
+    encoded: set[int] = set()
+    for decode in sparse_codec.find_decodes(model):
+        parts = decode.parts()
+        size = math.prod(parts.shape)
+        params += size
+        zeros += size - int(np.count_nonzero(parts.values))
+        encoded.update(id(v) for v in decode.inputs())
     for c in consts:
+        nbytes += c.nbytes
+        if all(id(v) in encoded for v in c.storage_values):
+            continue
         arr = c.numpy()
         params += arr.size
         zeros += int(arr.size - np.count_nonzero(arr))
-        nbytes += c.nbytes
     macs, unresolved = count_macs(model, input_shapes or {}, sample)
     nodes = sum(1 for _ in iter_nodes(model))
     return ModelStats(nodes, params, macs, unresolved, nbytes, zeros, inline_size(model), symbolic_macs(model))
