@@ -146,7 +146,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     output = _destination(args.output, "output") if args.output is not None and not args.dry_run else None
     extras = {flag: _destination(text, flag) for flag, text in (("--report", args.report), ("--plot", args.plot)) if text is not None}
     _check_destinations(source, output, extras)
-    if output is not None and not args.in_place and source.exists() and output.exists() and output.resolve() == source.resolve():
+    if output is not None and not args.in_place and source.exists() and output.exists() and _same_path(output, source):
         raise UsageError(f"{output}: refusing to overwrite the input model (use --in-place)")
     pipeline = registry.load_recipe(args.recipe) if args.recipe else registry.build_all(args.passes)
     if args.dry_run:

@@ -132,8 +132,7 @@ _SUPERSCRIPT = dict(zip(range(10), "⁰¹²³⁴⁵⁶⁷⁸⁹"))
 def symbolic_macs(model: ir.Model) -> str | None:
     """MACs as a polynomial in the graph inputs' named dynamic dims; None for static models or
     when a MAC op's shape depends on dims inference cannot name."""
-    symbols = {d for v in model.graph.inputs if v.shape is not None for d in v.shape if isinstance(d, ir.SymbolicDim) and d.value}
-    symbols = {d.value for d in symbols}
+    symbols = {d.value for v in model.graph.inputs if v.shape is not None for d in v.shape if isinstance(d, ir.SymbolicDim) and d.value}
     if not symbols:
         return None
     try:

@@ -12,7 +12,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxslim import sparse_codec
-from onnxslim.constants import SPARSE_FORMAT_KEY, all_graphs, set_tensor
+from onnxslim.constants import SPARSE_FORMAT_KEY, all_graphs, drop_if_unused, set_tensor
 from onnxslim.pass_api import Pass, PassContext, PassResult
 
 
@@ -77,7 +77,5 @@ def _replace_decode(decode: sparse_codec.Decode, dense: np.ndarray) -> tuple[ir.
     old.replace_all_uses_with(value, replace_graph_outputs=True)
     graph.remove(decode.nodes, safe=True)
     for component in component_inputs:  # values, indices, shapes: gone unless shared
-        unused = not component.uses() and not component.is_graph_output() and not component.is_graph_input()
-        if unused and graph.initializers.get(component.name) is component:
-            graph.initializers.pop(component.name)
+        drop_if_unused(component)
     return value, node

@@ -256,7 +256,7 @@ class Prune(Pass):
             else:
                 ranked = self._macs_counts(analysis, free, scores, fixed, ctx.input_shapes or None)
             counts = {**fixed, **ranked}
-        return {g: np.sort(np.argsort(-scores[g], kind="stable")[: counts[g]]) for g in groups}
+        return {g: _strongest(scores[g], counts[g]) for g in groups}
 
     def _global_counts(self, groups, scores, fraction: float) -> dict[ChannelGroup, int]:
         """Remove the ``fraction`` of all slots with the lowest normalised scores."""
@@ -278,7 +278,7 @@ class Prune(Pass):
 
         def counts_for(fraction: float):
             counts = self._global_counts(groups, scores, fraction)
-            plan = {g: np.sort(np.argsort(-scores[g], kind="stable")[: n]) for g, n in {**fixed, **counts}.items()}
+            plan = {g: _strongest(scores[g], n) for g, n in {**fixed, **counts}.items()}
             return counts, analysis.predict(plan, input_shapes)["macs_after"] / base
 
         lo, hi = 0.0, 0.99
@@ -335,6 +335,11 @@ class Prune(Pass):
 def _matches(group: ChannelGroup, patterns) -> bool:
     names = {group.name} | {m.node.name or "" for m in group.producers} | {m.tensor.name for m in group.producers}
     return any(fnmatch.fnmatchcase(n, p) for p in patterns for n in names if n)
+
+
+def _strongest(scores: np.ndarray, n: int) -> np.ndarray:
+    """The slots of the ``n`` highest scores, in slot order (ties: the lower slot)."""
+    return np.sort(np.argsort(-scores, kind="stable")[:n])
 
 
 def _frozen_notes(analysis: ChannelAnalysis) -> list[str]:
