@@ -1,0 +1,80 @@
+"""Side-by-side onnxruntime latency: several models timed in interleaved rounds, medians.
+
+Machines are noisy; timing models one after the other lets a burst of load land on one of them.
+Interleaving (one call of each model per round, in a rotating order) makes the noise hit all of
+them alike, and the median per model discards the outliers. Sessions run at onnxruntime's
+default optimisation level: that is what a deployment runs, and what a speed-up must be seen in.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import onnx
+import onnx_ir as ir
+
+from . import runtime
+
+
+@dataclass(frozen=True)
+class Timing:
+    """Median and spread (interquartile range) of one model's call times, in seconds."""
+
+    median: float
+    iqr: float
+    calls: int
+
+    def to_dict(self) -> dict:
+        return {"median_ms": self.median * 1e3, "iqr_ms": self.iqr * 1e3, "calls": self.calls}
+
+
+def measure(
+    models: Sequence[ir.Model | onnx.ModelProto],
+    feeds: Mapping[str, np.ndarray],
+    *,
+    rounds: int = 20,
+    warmup: int = 2,
+    threads: int = 1,
+    level: str = "default",
+    budget_s: float | None = None,
+) -> list[Timing]:
+    """Time ``models`` side by side on ``feeds``; one :class:`Timing` per model, in order.
+
+    ``rounds`` interleaved rounds after ``warmup`` untimed ones; ``budget_s`` stops early (after
+    at least 5 rounds) once that much wall time was spent, for callers that time inside a search.
+    """
+    if not models:
+        return []
+    times: list[list[float]] = [[] for _ in models]
+    with contextlib.ExitStack() as stack:
+        sessions = [stack.enter_context(runtime.session(m, level=level, threads=threads)) for m in models]
+        for sess in sessions:
+            for _ in range(warmup):
+                runtime.run(sess, feeds)
+        start = time.perf_counter()
+        for r in range(rounds):
+            order = range(len(sessions))
+            order = list(order)[r % len(sessions):] + list(order)[: r % len(sessions)]
+            for i in order:
+                t0 = time.perf_counter()
+                runtime.run(sessions[i], feeds)
+                times[i].append(time.perf_counter() - t0)
+            if budget_s is not None and r >= 4 and time.perf_counter() - start > budget_s:
+                break
+    return [_timing(t) for t in times]
+
+
+def speedup(original: ir.Model | onnx.ModelProto, candidate: ir.Model | onnx.ModelProto, feeds: Mapping[str, np.ndarray], **kwargs) -> float:
+    """Measured latency ratio original / candidate (> 1: the candidate is faster)."""
+    base, new = measure([original, candidate], feeds, **kwargs)
+    return base.median / new.median
+
+
+def _timing(samples: list[float]) -> Timing:
+    q = np.percentile(samples, [25, 75])
+    return Timing(median=statistics.median(samples), iqr=float(q[1] - q[0]), calls=len(samples))
