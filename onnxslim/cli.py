@@ -20,6 +20,7 @@ from .validation import Tolerance
 EPILOG = """\
 passes: name[:key=value[:key=value]][,name...]   e.g. --passes "prune:ratio=0.3:criterion=l2,sparsify"
         list values are separated by '|', maps as 'k=v|k=v'; `onnxslim passes` lists passes and options.
+sensitivity: onnxslim analyze in.onnx --calibration data.npz [--report a.json] [--plot a.svg]
 exit codes: 0 ok, 1 model problem or a pass failed under --strict, 2 usage error.
 """
 
@@ -48,6 +49,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime comparison after each pass")
     p.add_argument("--strict", action="store_true", help="a lossless pass outside tolerance (or a failing pass) is fatal")
     p.add_argument("--min-cosine", type=float, help="roll back a lossy pass whose output cosine falls below this")
+    p.add_argument("--min-agreement", type=float, help="budget: top-1 agreement of classification outputs with the original")
+    p.add_argument("--max-error", type=float, help="budget: largest absolute output difference")
+    p.add_argument("--metric-outputs", metavar="NAME[,NAME]", help="outputs the budget counts (default: all)")
     p.add_argument("--atol", type=float, default=Tolerance.atol, help="lossless tolerance: absolute part")
     p.add_argument("--rtol", type=float, default=Tolerance.rtol, help="lossless tolerance: relative to max |reference|")
     p.add_argument("--tolerance", action="append", default=[], metavar="OUTPUT=ATOL[:RTOL]", help="per-output tolerance")
@@ -132,6 +136,11 @@ def _apply_dry_run(pipeline: list) -> None:
 
 
 def run(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == ["analyze"]:
+        from . import analyze
+
+        return analyze.run(argv[1:])
     args = _parser().parse_args(argv)
     if args.input == "passes" and args.output is None:
         print(list_passes())
@@ -161,6 +170,9 @@ def run(argv: Sequence[str] | None = None) -> int:
         validate=not args.no_validate,
         strict=args.strict,
         min_cosine=args.min_cosine,
+        min_agreement=args.min_agreement,
+        max_error=args.max_error,
+        metric_outputs=[s for s in args.metric_outputs.split(",") if s] if args.metric_outputs else None,
         tolerances=_tolerances(args.tolerance),
         default_tolerance=Tolerance(args.atol, args.rtol),
         samples=args.samples,

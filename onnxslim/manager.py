@@ -22,6 +22,7 @@ import onnx
 import onnx_ir as ir
 
 from . import model_io, registry, runtime, shapes, stats, validation
+from .budget import Budget, Metric
 from .constants import model_fingerprint
 from .calibration import Calibration
 from .errors import ModelError, PassFailedError, UsageError
@@ -88,6 +89,11 @@ def optimize(
     seed: int = 0,
     progress: bool = False,
     final_check: bool = True,
+    min_agreement: float | None = None,
+    max_error: float | None = None,
+    metric_outputs: Sequence[str] | None = None,
+    metric: Metric | None = None,
+    min_metric: float | None = None,
 ) -> OptimizeResult:
     """Load ``model``, run ``passes`` (default: ``cleanup``) with validation after each one.
 
@@ -97,9 +103,14 @@ def optimize(
     input signature; without ``inputs``, ``samples`` seeded random
     samples are built from the input signature (``input_shapes`` fixes dynamic dims).
     ``tolerances`` maps output names to a :class:`Tolerance` (a number: its atol, rtol 0).
+
+    The budget of lossy passes (:class:`onnxslim.budget.Budget`): ``min_cosine``,
+    ``min_agreement`` (top-1 agreement), ``max_error`` (max |Δ|) and/or a callable
+    ``metric(original_outputs, pruned_outputs) -> float`` that must stay ≥ ``min_metric``, on the
+    outputs named in ``metric_outputs`` (default all). A lossy pass over budget is rolled back;
+    ``prune:target=budget`` searches for the largest reduction within it.
     """
-    if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
-        raise UsageError(f"--min-cosine must be in [-1, 1], got {min_cosine}")
+    budget = Budget(min_cosine, min_agreement, max_error, metric, min_metric, tuple(metric_outputs) if metric_outputs else None)
     if not isinstance(model, (str, os.PathLike, bytes, onnx.ModelProto, ir.Model)):
         raise UsageError(f"model: expected a path, bytes, an onnx.ModelProto or an ir.Model, got {type(model).__name__}")
     if not isinstance(samples, int) or samples < 1:
@@ -123,6 +134,7 @@ def optimize(
     current = doc.model
     tolerances = validation.per_output(tolerances, [v.name for v in current.graph.outputs])
     check_shape_names(current, input_shapes)
+    budget.check_outputs([v.name for v in current.graph.outputs])
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         try:
@@ -133,7 +145,15 @@ def optimize(
             # Without validation, samples only refine statistics (MACs at concrete shapes); a
             # signature random data cannot fill (sequence inputs, undeclared shapes) is no error.
             feeds = []
-        calib = Calibration(InputConfig(calibration, input_shapes, samples, seed, "calibration").samples(current)) if calibration is not None else None
+        calib_samples = InputConfig(calibration, input_shapes, samples, seed, "calibration").samples(current) if calibration is not None else None
+        if inputs is None and calib_samples is not None and any(getattr(p, "needs_held_out", False) for p in pipeline):
+            # A search judged on calibration data would fit its own test: hold out part of it.
+            calib_samples, feeds = held_out_split(calib_samples)
+            warnings.warn(
+                f"no --inputs: validating on {len(feeds)} of {len(feeds) + len(calib_samples)} calibration samples "
+                "held out from calibration (give --inputs for a separate validation set)"
+            )
+        calib = Calibration(calib_samples) if calib_samples is not None else None
     report = Report(str(source) if source else None, None, validated=validate)
     report.warnings.extend(str(w.message) for w in caught)
     for message in report.warnings:
@@ -162,7 +182,10 @@ def optimize(
     # Outputs of the model as it stands before each pass: a lossless pass must reproduce these
     # (not the original's, which an earlier lossy pass has legitimately moved away from).
     previous = reference
-    ctx = PassContext(calibration=calib, progress=console.progress, seed=seed, input_shapes=shape_map)
+    ctx = PassContext(
+        calibration=calib, progress=console.progress, seed=seed, input_shapes=shape_map,
+        validation=feeds, reference=reference, budget=budget,
+    )
     for index, p in enumerate(pipeline, 1):
         console.step(f"[{index}/{len(pipeline)}] {p.name}")
         row = PassReport(p.name, p.lossless, NO_CHANGE, options=dataclasses.asdict(p.options))
@@ -189,7 +212,7 @@ def optimize(
                 if problem is None and validate:
                     t0 = time.perf_counter()
                     problem, outputs = _validate(
-                        row, current, feeds, reference, previous, tolerances, default_tolerance, min_cosine
+                        row, current, feeds, reference, previous, tolerances, default_tolerance, budget
                     )
                     row.validate_seconds = time.perf_counter() - t0
                     if problem is None:
@@ -244,7 +267,7 @@ def _validate(
     previous: validation.Outputs,
     tolerances: Mapping[str, Tolerance] | None,
     default_tolerance: Tolerance,
-    min_cosine: float | None,
+    budget: Budget,
 ) -> tuple[str | None, validation.Outputs | None]:
     """Run the model; fill the row's drift (vs the original) and step change (vs before the
     pass). Returns the reason to roll back (or None) and the outputs."""
@@ -260,11 +283,30 @@ def _validate(
     if row.lossless and not all(m.within_tolerance for m in row.step_metrics):
         worst = max(row.step_metrics, key=lambda m: (not m.within_tolerance, m.max_abs))
         return f"lossless pass changed output {worst.name!r} (max |Δ| {worst.max_abs:.3g})", outputs
-    if min_cosine is not None:
-        low = min(row.metrics, key=lambda m: m.cosine)
-        if low.cosine < min_cosine:
-            return f"cosine {low.cosine:.6f} on {low.name!r} below budget {min_cosine}", outputs
+    if budget.active and not row.lossless:
+        verdict = budget.check(reference, outputs, row.metrics)
+        row.details = {**row.details, "budget": {"criteria": budget.describe(), **verdict.to_dict()}}
+        if not verdict.ok:
+            return verdict.reason, outputs
     return None, outputs
+
+
+def held_out_split(samples: Sequence[Sample]) -> tuple[list[Sample], list[Sample]]:
+    """(calibration, validation): every 4th sample held out for validation (at least one; a
+    single sample is split along its leading axis when that holds several rows)."""
+    samples = list(samples)
+    if len(samples) == 1:
+        sample = samples[0]
+        rows = {len(v) for v in sample.values() if isinstance(v, np.ndarray) and v.ndim}
+        if len(rows) == 1 and (n := rows.pop()) >= 4:
+            cut = n - max(1, n // 4)
+            head = {k: v[:cut] if isinstance(v, np.ndarray) and v.ndim else v for k, v in sample.items()}
+            tail = {k: v[cut:] if isinstance(v, np.ndarray) and v.ndim else v for k, v in sample.items()}
+            return [head], [tail]
+        return samples, samples
+    held = samples[3::4] or samples[-1:]
+    kept = [s for i, s in enumerate(samples) if not (i % 4 == 3)] if len(samples) > 3 else samples[:-1]
+    return kept, held
 
 
 def _final_checks(model: ir.Model) -> dict[str, Any]:

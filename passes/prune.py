@@ -103,10 +103,13 @@ class Prune(Pass):
         criterion: Literal["auto", "l1", "l2", "bn", "random", "activation", "activation_l2", "obs"] = option(
             "auto", "importance: auto = activation (mean |x|) with calibration data, else l2"
         )
-        target: Literal["per_group", "global", "macs"] = option(
+        target: Literal["per_group", "global", "macs", "budget", "latency"] = option(
             "per_group",
-            "per_group ratio, global ranking with normalised scores (ratio of all their channels), or reach a MACs fraction",
+            "per_group ratio, global ranking with normalised scores (ratio of all their channels), reach a MACs fraction, "
+            "budget = the most MACs removed within the run's budget (--min-cosine/--min-agreement/--max-error) on held-out "
+            "data, latency = reach a measured speed-up (per-group ratios from a cached sensitivity analysis)",
         )
+        speedup: float = option(1.5, "with target=latency: measured onnxruntime latency speed-up to reach")
         macs: float = option(0.5, "with target=macs: fraction of the original MACs to keep")
         round_to: int = option(1, "keep a multiple of this many channels per group (not for heads)")
         min_channels: int = option(1, "never keep fewer channels than this in a group")
@@ -126,11 +129,18 @@ class Prune(Pass):
             raise UsageError(f"prune:ratio must be in [0, 1), got {o.ratio}")
         if not 0.0 < o.macs <= 1.0:
             raise UsageError(f"prune:macs must be in (0, 1], got {o.macs}")
+        if o.speedup < 1.0:
+            raise UsageError(f"prune:speedup must be at least 1, got {o.speedup}")
         if o.round_to < 1 or o.min_channels < 1:
             raise UsageError("prune:round_to and prune:min_channels must be at least 1")
         for pattern, value in o.layer_ratios.items():
             if not 0.0 <= value < 1.0:
                 raise UsageError(f"prune:layer_ratios {pattern}={value}: ratios must be in [0, 1)")
+
+    @property
+    def needs_held_out(self) -> bool:
+        """Searching targets judge candidates on validation data held out from calibration."""
+        return self.options.target in ("budget", "latency")
 
     # -- main --------------------------------------------------------------------------
 
@@ -149,9 +159,16 @@ class Prune(Pass):
             if values.shape != (group.size,):
                 raise ValueError(f"criterion {criterion_name} returned shape {values.shape} for a group of {group.size}")
             scores[group] = values
-        plan = self._plan(analysis, eligible, scores, ctx)
+        search = None
+        if o.target in ("budget", "latency") and eligible:
+            plan, search, search_notes = self._search(model, analysis, eligible, scores, ctx, criterion_name)
+            notes.extend(search_notes)
+        else:
+            plan = self._plan(analysis, eligible, scores, ctx)
         prediction = analysis.predict(plan, ctx.input_shapes or None)
         details = self._details(analysis, plan, skipped, criterion_name, prediction)
+        if search is not None:
+            details.update(search)
         fallback = getattr(score, "fallback", None)  # data-driven criteria: groups they could not measure
         fallbacks = [(g, fallback(g, ctx)) for g in eligible] if fallback is not None else []
         details["fallback"] = [{"group": g.name, "size": g.size, "reason": why} for g, why in fallbacks if why]
@@ -188,6 +205,61 @@ class Prune(Pass):
         if name in DATA_CRITERIA and ctx.calibration is None:
             raise UsageError(f"prune:criterion={name} needs calibration data (--calibration data.npz)")
         return fn, name
+
+    def _search(self, model, analysis, eligible, scores, ctx, criterion_name):
+        """target=budget/latency: per-group ratios from sensitivity curves (onnxslim.allocation)."""
+        from onnxslim import allocation
+
+        o = self.options
+        plan = {}
+        keep, refit_copy, options = self._search_parts(scores, ctx)
+        chosen, details, notes = allocation.search(
+            model, analysis, eligible, keep, ctx, target=o.target, speedup=o.speedup, refit_copy=refit_copy,
+            criterion=criterion_name, options=options, freeze_residual_stream=not o.residual,
+        )
+        for group in eligible:  # groups the allocation leaves whole
+            plan[group] = chosen.get(group, np.arange(group.size))
+        return plan, details, notes
+
+    def _search_parts(self, scores, ctx):
+        """What a sensitivity analysis needs from this pass: the slots kept at a ratio, the
+        reconstruction of a pruned copy (or None), and the options that enter its cache key."""
+        o = self.options
+
+        def keep(group: ChannelGroup, ratio: float) -> np.ndarray:
+            return _strongest(scores[group], self._n_keep(group, int(np.floor(group.size * ratio + 1e-9))))
+
+        refit = self._reconstructor(ctx, [])
+        refit_copy = None
+        if refit is not None:
+
+            def refit_copy(copy, groups, fresh):  # capture before removal, refit after
+                state = refit.capture(copy, groups, ctx)
+                fresh.apply(groups)
+                refit.refit(copy, state, ctx)
+
+        options = {"round_to": o.round_to, "min_channels": o.min_channels, "residual": o.residual, "seed": ctx.seed}
+        return keep, refit_copy, options
+
+    def sensitivity(self, model: ir.Model, ctx: PassContext, outputs=None, use_cache: bool = True):
+        """The sensitivity curves of every group this pass would prune (``onnxslim analyze``);
+        the same cached analysis ``target=budget``/``latency`` start from."""
+        from onnxslim import sensitivity
+
+        notes: list[str] = []
+        score, criterion_name = self._criterion(ctx, notes)
+        analysis = channels.analyze(model, freeze_residual_stream=not self.options.residual)
+        eligible, _ = self._eligible(analysis)
+        prepare = getattr(score, "prepare", None)
+        if prepare is not None and eligible:
+            prepare(eligible, ctx, model)
+        scores = {g: np.asarray(score(g, ctx, model), dtype=np.float64) for g in eligible}
+        keep, refit_copy, options = self._search_parts(scores, ctx)
+        data = ctx.calibration.samples if ctx.calibration is not None else ctx.validation
+        return sensitivity.analyze(
+            model, analysis, eligible, keep, data, outputs=outputs, reconstruct=refit_copy is not None,
+            criterion=criterion_name, refit_copy=refit_copy, options=options, use_cache=use_cache, progress=ctx.progress,
+        ), analysis
 
     def _reconstructor(self, ctx: PassContext, notes: list[str]):
         """The reconstruction hook: an object with ``capture(model, plan, ctx)`` before removal and

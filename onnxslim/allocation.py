@@ -1,0 +1,189 @@
+"""Per-group pruning ratios for a target: the largest reduction within the accuracy budget
+(``prune:target=budget``) or the least-drift plan reaching a measured speed-up
+(``prune:target=latency``).
+
+1. Sensitivity curves (:mod:`onnxslim.sensitivity`, cached) give each group's drift (nmse) and
+   MACs saved at 10…90% removal.
+2. A greedy *path* orders the moves: from no pruning, repeatedly take the step (one group to a
+   higher ratio) with the most MACs saved per unit of added drift, until every group is at its
+   largest ratio. Each prefix of the path is a plan; later plans remove more and drift more.
+3. The position along the path (a global scale) is bisected: each probe applies the plan to a
+   copy (with reconstruction when calibration data is given) and checks it with onnxruntime on
+   the held-out validation samples against the run's budget (or times it side by side with the
+   original for a speed-up). The furthest plan within budget (the first fast enough) wins.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Mapping, Sequence
+
+import numpy as np
+import onnx_ir as ir
+
+from . import latency, sensitivity, validation
+from .channels import ChannelAnalysis, ChannelGroup
+from .errors import UsageError
+from .sensitivity import Sensitivity
+
+#: Greedy steps coarser than this many plans are thinned before bisection.
+MAX_PATH = 4096
+
+
+def greedy_path(sens: Sensitivity, objective: str = "macs") -> list[dict[int, int]]:
+    """Plans (group index → ratio level, 0 = unpruned, j = ratios[j-1]) from nothing to all-max."""
+    curves = {c.index: c for c in sens.groups}
+    gain = {i: [0] + list(c.macs_saved if objective == "macs" else c.params_saved) for i, c in curves.items()}
+    drift = {i: [0.0] + [float(x) if math.isfinite(float(x)) else 1e30 for x in c.nmse] for i, c in curves.items()}
+    level = {i: 0 for i in curves}
+    path = [dict(level)]
+    while True:
+        best, best_key = None, None
+        for i in curves:
+            cur = level[i]
+            for j in range(cur + 1, len(gain[i])):
+                dm = gain[i][j] - gain[i][cur]
+                if dm <= 0:
+                    continue
+                dd = max(drift[i][j] - drift[i][cur], 1e-15)
+                key = (dm / dd, dm)
+                if best_key is None or key > best_key:
+                    best, best_key = (i, j), key
+        if best is None:
+            break
+        level[best[0]] = best[1]
+        path.append(dict(level))
+    return path
+
+
+def search(
+    model: ir.Model,
+    analysis: ChannelAnalysis,
+    groups: Sequence[ChannelGroup],
+    keep: Callable[[ChannelGroup, float], np.ndarray],
+    ctx,
+    *,
+    target: str,
+    speedup: float = 1.5,
+    refit_copy=None,
+    criterion: str = "",
+    options: Mapping | None = None,
+    freeze_residual_stream: bool = True,
+) -> tuple[dict[ChannelGroup, np.ndarray], dict, list[str]]:
+    """The chosen plan {group: kept slots}, details for the report, and notes."""
+    notes: list[str] = []
+    budget = ctx.budget
+    if target == "budget" and (budget is None or not budget.active):
+        raise UsageError("prune:target=budget needs a budget: --min-cosine, --min-agreement, --max-error or a metric")
+    if not ctx.validation:
+        raise UsageError(f"prune:target={target} needs validation samples (validation is off?)")
+    if ctx.calibration is not None:
+        data = ctx.calibration.samples
+    else:
+        data = ctx.validation
+        notes.append(f"target={target}: no calibration data; sensitivity measured on the validation samples")
+    outputs = list(budget.outputs) if budget is not None and budget.outputs else None
+    sens = sensitivity.analyze(
+        model, analysis, groups, keep, data, outputs=outputs, reconstruct=refit_copy is not None,
+        criterion=criterion, refit_copy=refit_copy, options=options,
+        progress=ctx.progress,
+    )
+    notes.append(
+        f"sensitivity of {len(sens.groups)} groups × {len(sens.ratios)} ratios on {sens.samples} samples: "
+        + (f"reused from cache {sens.cache_file}" if sens.cached else f"{sens.seconds:.1f} s")
+    )
+    by_index = {i: g for i, g in enumerate(analysis.groups)}
+    curves = {c.index: c for c in sens.groups}
+    path = greedy_path(sens)
+    if len(path) > MAX_PATH:
+        step = len(path) / MAX_PATH
+        path = [path[int(k * step)] for k in range(MAX_PATH)] + [path[-1]]
+
+    def plan_of(levels: Mapping[int, int]) -> dict[int, np.ndarray]:
+        out = {}
+        for i, j in levels.items():
+            if j:
+                out[i] = np.asarray(keep(by_index[i], curves[i].ratios[j - 1]), dtype=np.int64)
+        return out
+
+    reference = ctx.reference
+    if reference is None:
+        reference = validation.run_model(model, ctx.validation)
+    probes: list[dict] = []
+
+    def probe(k: int) -> bool:
+        t0 = time.perf_counter()
+        copy = sensitivity.pruned_copy_plan(model, plan_of(path[k]), freeze_residual_stream=freeze_residual_stream, refit_copy=refit_copy)
+        macs = analysis.predict({by_index[i]: kk for i, kk in plan_of(path[k]).items()}, ctx.input_shapes or None)
+        entry = {"step": k, "macs_kept": macs["macs_after"] / max(macs["macs_before"], 1), "params_kept": macs["params_after"] / max(macs["params_before"], 1)}
+        if target == "budget":
+            verdict = budget.check(reference, validation.run_model(copy, ctx.validation))
+            entry.update(ok=verdict.ok, usage=verdict.usage, values=verdict.values)
+            ok = verdict.ok
+        else:
+            measured = latency.speedup(model, copy, ctx.validation[0], rounds=15, budget_s=10.0)
+            entry.update(ok=measured >= speedup, speedup=measured)
+            ok = measured >= speedup
+        entry["seconds"] = time.perf_counter() - t0
+        probes.append(entry)
+        return ok
+
+    if target == "budget":
+        # The furthest plan along the path that stays within budget.
+        lo, hi = 0, len(path) - 1
+        if probe(hi):
+            lo = hi
+        else:
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if probe(mid):
+                    lo = mid
+                else:
+                    hi = mid
+        chosen = lo
+    else:
+        # The first plan along the path that is fast enough (the least drift reaching it).
+        lo, hi = 0, len(path) - 1
+        if not probe(hi):
+            notes.append(f"target=latency: speed-up {speedup} not reached even at the largest ratios; removing all the path allows")
+            chosen = hi
+        else:
+            while hi - lo > 1:
+                mid = (lo + hi) // 2
+                if probe(mid):
+                    hi = mid
+                else:
+                    lo = mid
+            chosen = hi
+    levels = path[chosen]
+    plan = {by_index[i]: kk for i, kk in plan_of(levels).items()}
+    ratios = {curves[i].name: (curves[i].ratios[j - 1] if j else 0.0) for i, j in levels.items()}
+    details = {
+        "sensitivity": sens.to_dict(),
+        "allocation": {
+            "target": target,
+            "criteria": budget.describe() if budget is not None else None,
+            "speedup": speedup if target == "latency" else None,
+            "path_length": len(path) - 1,
+            "chosen_step": chosen,
+            "ratios": ratios,
+            "probes": probes,
+        },
+    }
+    notes.append(sens.table(limit=40).rstrip())
+    notes.append(allocation_table(sens, levels))
+    if target == "budget" and chosen == 0:
+        notes.append("target=budget: even the first step of the allocation goes over budget; nothing removed")
+    return plan, details, notes
+
+
+def allocation_table(sens: Sensitivity, levels: Mapping[int, int]) -> str:
+    """The chosen per-group ratios (one line per group)."""
+    lines = [f"{'group':<28} {'channels':>10} {'ratio':>6} {'nmse':>8}"]
+    for c in sens.groups:
+        j = levels.get(c.index, 0)
+        kept = c.kept[j - 1] if j else c.size
+        drift = c.nmse[j - 1] if j else 0.0
+        lines.append(f"{sensitivity._clip(c.name, 28):<28} {f'{c.size}→{kept}':>10} {(c.ratios[j - 1] if j else 0.0):>6.0%} {sensitivity._short(float(drift)):>8}")
+    return "chosen per-group ratios:\n" + "\n".join(lines)
