@@ -7,10 +7,13 @@
 2. A greedy *path* orders the moves: from no pruning, repeatedly take the step (one group to a
    higher ratio) with the most MACs saved per unit of added drift, until every group is at its
    largest ratio. Each prefix of the path is a plan; later plans remove more and drift more.
-3. The position along the path (a global scale) is bisected: each probe applies the plan to a
-   copy (with reconstruction when calibration data is given) and checks it with onnxruntime on
-   the held-out validation samples against the run's budget (or times it side by side with the
-   original for a speed-up). The furthest plan within budget (the first fast enough) wins.
+3. The position along the path (a global scale) is bisected. For a budget, probes are first
+   screened cheaply (the sensitivity analysis's masked session, now on the held-out validation
+   samples), then the plan found is applied to a real copy (with reconstruction when calibration
+   data is given) and checked with onnxruntime on the held-out samples against the run's budget
+   (top-1 agreement at 90% one-sided confidence); if it fails, the bisection continues on real
+   copies. For a speed-up, each probe is a real copy timed side by side with the original
+   (medians of interleaved runs). The furthest plan within budget (the first fast enough) wins.
 """
 
 from __future__ import annotations
@@ -26,6 +29,10 @@ from . import latency, sensitivity, validation
 from .channels import ChannelAnalysis, ChannelGroup
 from .errors import UsageError
 from .sensitivity import Sensitivity
+
+#: One-sided confidence at which a probe's top-1 agreement must meet the budget (it is measured
+#: on a finite validation sample, and the search keeps the furthest plan that passes).
+CONFIDENCE = 0.9
 
 #: Greedy steps coarser than this many plans are thinned before bisection.
 MAX_PATH = 4096
@@ -70,8 +77,9 @@ def search(
     criterion: str = "",
     options: Mapping | None = None,
     freeze_residual_stream: bool = True,
-) -> tuple[dict[ChannelGroup, np.ndarray], dict, list[str]]:
-    """The chosen plan {group: kept slots}, details for the report, and notes."""
+) -> tuple[dict[ChannelGroup, np.ndarray], dict, list[str], ir.Model | None]:
+    """The chosen plan {group: kept slots}, details for the report, notes, and the verified
+    pruned copy of ``model`` (budget target) when there is one."""
     notes: list[str] = []
     budget = ctx.budget
     if target == "budget" and (budget is None or not budget.active):
@@ -111,17 +119,30 @@ def search(
     if reference is None:
         reference = validation.run_model(model, ctx.validation)
     probes: list[dict] = []
+    verified: dict[int, ir.Model] = {}
+    screen = _screen(model, groups, sens, ctx, data, refit_copy) if target == "budget" else None
 
-    def probe(k: int) -> bool:
+    fast_refit = _subset_refit(refit_copy, data)
+
+    def probe(k: int, real: bool = True, final: bool = False) -> bool:
         t0 = time.perf_counter()
-        copy = sensitivity.pruned_copy_plan(model, plan_of(path[k]), freeze_residual_stream=freeze_residual_stream, refit_copy=refit_copy)
-        macs = analysis.predict({by_index[i]: kk for i, kk in plan_of(path[k]).items()}, ctx.input_shapes or None)
-        entry = {"step": k, "macs_kept": macs["macs_after"] / max(macs["macs_before"], 1), "params_kept": macs["params_after"] / max(macs["params_before"], 1)}
+        plan = plan_of(path[k])
+        macs = analysis.predict({by_index[i]: kk for i, kk in plan.items()}, ctx.input_shapes or None)
+        entry = {"step": k, "check": ("onnxruntime, full refit" if final else "onnxruntime") if real else "masked screen",
+                 "macs_kept": macs["macs_after"] / max(macs["macs_before"], 1), "params_kept": macs["params_after"] / max(macs["params_before"], 1)}
         if target == "budget":
-            verdict = budget.check(reference, validation.run_model(copy, ctx.validation))
+            if real:
+                refit = refit_copy if final else fast_refit
+                copy = sensitivity.pruned_copy_plan(model, plan, freeze_residual_stream=freeze_residual_stream, refit_copy=refit)
+                verdict = budget.check(reference, validation.run_model(copy, ctx.validation), confidence=CONFIDENCE)
+                if verdict.ok and refit is refit_copy:
+                    verified[k] = copy
+            else:
+                verdict = budget.check(screen.reference, screen.plan_outputs({by_index[i]: kk for i, kk in plan.items()}), confidence=CONFIDENCE)
             entry.update(ok=verdict.ok, usage=verdict.usage, values=verdict.values)
             ok = verdict.ok
-        else:
+        else:  # timing needs no reconstruction: it does not change shapes
+            copy = sensitivity.pruned_copy_plan(model, plan, freeze_residual_stream=freeze_residual_stream)
             measured = latency.speedup(model, copy, ctx.validation[0], rounds=15, budget_s=10.0)
             entry.update(ok=measured >= speedup, speedup=measured)
             ok = measured >= speedup
@@ -129,19 +150,31 @@ def search(
         probes.append(entry)
         return ok
 
+    def furthest_ok(lo: int, hi: int, real: bool) -> int:
+        """The last step in [lo, hi] that passes (lo is taken to pass)."""
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if probe(mid, real):
+                lo = mid
+            else:
+                hi = mid
+        return lo
+
     if target == "budget":
-        # The furthest plan along the path that stays within budget.
-        lo, hi = 0, len(path) - 1
-        if probe(hi):
-            lo = hi
-        else:
-            while hi - lo > 1:
-                mid = (lo + hi) // 2
-                if probe(mid):
-                    lo = mid
-                else:
-                    hi = mid
-        chosen = lo
+        # The furthest plan along the path within budget. A masked screen (the sensitivity
+        # session on the validation samples, refit from calibration statistics; pessimistic, it
+        # does not correct drift accumulated upstream) gives a lower bracket; real copies,
+        # reconstructed from a subset of the calibration samples, bisect above it; the winner is
+        # rebuilt with all calibration samples and checked again.
+        lo = 0
+        if screen is not None:
+            lo = furthest_ok(0, len(path) - 1, real=False)
+            if lo and not probe(lo, real=True):
+                lo = 0
+        chosen = furthest_ok(lo, len(path) - 1, real=True) if lo < len(path) - 1 else lo
+        # The subset refit can pass where the full one does not (rarely): step back until it holds.
+        while chosen and fast_refit is not refit_copy and not probe(chosen, real=True, final=True):
+            chosen -= 1
     else:
         # The first plan along the path that is fast enough (the least drift reaching it).
         lo, hi = 0, len(path) - 1
@@ -156,6 +189,8 @@ def search(
                 else:
                     lo = mid
             chosen = hi
+    if screen is not None:
+        screen.close()
     levels = path[chosen]
     plan = {by_index[i]: kk for i, kk in plan_of(levels).items()}
     ratios = {curves[i].name: (curves[i].ratios[j - 1] if j else 0.0) for i, j in levels.items()}
@@ -175,7 +210,35 @@ def search(
     notes.append(allocation_table(sens, levels))
     if target == "budget" and chosen == 0:
         notes.append("target=budget: even the first step of the allocation goes over budget; nothing removed")
-    return plan, details, notes
+    return plan, details, notes, verified.get(chosen)
+
+
+#: Probes refit from this fraction of the calibration samples (at least 4): the refit
+#: subsamples rows per layer anyway, so quality barely changes while runs get shorter.
+PROBE_CALIBRATION = 0.25
+
+
+def _subset_refit(refit_copy, data):
+    """``refit_copy`` reconstructing from a subset of the calibration samples (or itself)."""
+    if refit_copy is None or not getattr(refit_copy, "accepts_samples", False):
+        return refit_copy
+    n = max(4, int(len(data) * PROBE_CALIBRATION))
+    if n >= len(data):
+        return refit_copy
+    subset = list(data)[:: max(1, len(data) // n)][:n]
+    return lambda copy, groups, fresh: refit_copy(copy, groups, fresh, samples=subset)
+
+
+def _screen(model, groups, sens: Sensitivity, ctx, data, refit_copy):
+    """A masked evaluator on the validation samples (refit statistics from the calibration data),
+    when every group's removal is exactly a masking (see :mod:`onnxslim.sensitivity`)."""
+    if any(c.mode != "masked" for c in sens.groups):
+        return None
+    try:
+        return sensitivity.MaskedEvaluator(model, groups, ctx.validation, [v.name for v in model.graph.outputs],
+                                           reconstruct=refit_copy is not None, fit_samples=data)
+    except Exception:  # the screen is an optimisation: real copies still decide
+        return None
 
 
 def allocation_table(sens: Sensitivity, levels: Mapping[int, int]) -> str:

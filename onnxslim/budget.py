@@ -95,11 +95,14 @@ class Budget:
         where = f" on {', '.join(self.outputs)}" if self.outputs else ""
         return (" and ".join(parts) or "no budget") + where
 
-    def check(self, reference: Outputs, candidate: Outputs, metrics=None) -> Verdict:
+    def check(self, reference: Outputs, candidate: Outputs, metrics=None, confidence: float | None = None) -> Verdict:
         """Check ``candidate`` outputs against the ``reference`` (the original model's, same samples).
 
         ``metrics``: the :func:`validation.compare` result for these outputs when the caller has
-        it already (the manager), else it is computed here.
+        it already (the manager), else it is computed here. ``confidence`` (e.g. 0.9): top-1
+        agreement, a proportion measured on a finite number of rows, must hold at this one-sided
+        confidence (Wilson bound) — what a search that picks the furthest passing candidate
+        needs, so that it does not select the lucky draws of the validation sample.
         """
         from . import validation
 
@@ -123,10 +126,16 @@ class Budget:
                     + ", ".join(m.name for m in counted)
                 )
             worst = min(scored, key=lambda m: m.top1)
-            values["agreement"] = worst.top1
-            usages.append(_spent(1.0 - worst.top1, 1.0 - self.min_agreement))
-            if worst.top1 < self.min_agreement:
-                reasons.append(f"top-1 agreement {worst.top1:.4f} on {worst.name!r} below budget {self.min_agreement}")
+            agreement = worst.top1
+            values["agreement"] = agreement
+            if confidence is not None:
+                rows = sum(int(np.prod(np.shape(r[worst.name])[:-1])) for r in reference)
+                agreement = wilson_lower(worst.top1, rows, confidence)
+                values["agreement_lower_bound"] = agreement
+            usages.append(_spent(1.0 - agreement, 1.0 - self.min_agreement))
+            if agreement < self.min_agreement:
+                bound = f" (lower {confidence:.0%} bound {agreement:.4f} on {rows} rows)" if confidence is not None else ""
+                reasons.append(f"top-1 agreement {worst.top1:.4f}{bound} on {worst.name!r} below budget {self.min_agreement}")
         if self.max_error is not None:
             worst = max(counted, key=lambda m: m.max_abs)
             values["max_error"] = worst.max_abs
@@ -145,6 +154,18 @@ class Budget:
                 reasons.append(f"metric {score:.6g} below budget {self.min_metric}")
         usage = max(usages)
         return Verdict(not reasons, usage, "; ".join(reasons) or None, values)
+
+
+def wilson_lower(p: float, n: int, confidence: float) -> float:
+    """One-sided Wilson lower confidence bound of a proportion ``p`` observed on ``n`` trials."""
+    if n <= 0:
+        return 0.0
+    from statistics import NormalDist
+
+    z = NormalDist().inv_cdf(confidence)
+    centre = p + z * z / (2 * n)
+    spread = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n))
+    return max(0.0, (centre - spread) / (1 + z * z / n))
 
 
 def _spent(loss: float, allowance: float) -> float:

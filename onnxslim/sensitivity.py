@@ -218,7 +218,7 @@ def analyze(
     base = analysis.predict(None, input_shapes)
     total_macs = base["macs_before"] or 1
     plans = {id(g): [np.asarray(keep(g, r), dtype=np.int64) for r in ratios] for g in groups}
-    evaluator = _MaskedEvaluator(model, groups, samples, counted, reconstruct)
+    evaluator = MaskedEvaluator(model, groups, samples, counted, reconstruct)
     try:
         curves = []
         rebuild = [g for g in groups if not evaluator.exact(g, plans[id(g)][len(ratios) // 2], analysis, index[id(g)])]
@@ -300,12 +300,14 @@ def compare_outputs(reference: list, candidate: list, counted: Sequence[str]) ->
     return float(nmse), float(cosine), (min(tops) if tops else None)
 
 
-class _MaskedEvaluator:
+class MaskedEvaluator:
     """One session of the model with every consumer weight (and bias) overridable."""
 
-    def __init__(self, model: ir.Model, groups: Sequence[ChannelGroup], samples, counted: Sequence[str], reconstruct: bool):
+    def __init__(self, model: ir.Model, groups: Sequence[ChannelGroup], samples, counted: Sequence[str], reconstruct: bool,
+                 fit_samples=None):
         self.model = model
         self.samples = list(samples)
+        self.fit_samples = list(fit_samples) if fit_samples is not None else self.samples
         self.counted = list(counted)
         self.overridable: dict[str, np.ndarray] = {}  # value name -> original array
         self.refit: dict[str, _Refit] = {}  # consumer weight name -> its Gram statistics
@@ -363,28 +365,41 @@ class _MaskedEvaluator:
         return out
 
     def _overrides(self, group: ChannelGroup, keep: np.ndarray) -> dict[str, np.ndarray] | None:
-        removed = np.setdiff1d(np.arange(group.size), keep)
-        edits: dict[str, np.ndarray] = {}
-        for m in group.consumers:
-            if m.role != "weight":
+        return self.plan_overrides({group: keep})
+
+    def plan_overrides(self, plan: Mapping[ChannelGroup, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """Weights (and biases) to feed for ``plan``: every consumer's removed input slices zeroed,
+        or its kept slices refit; None when a consumer weight is not overridable."""
+        removed: dict[tuple[str, int], list[np.ndarray]] = {}
+        for group, keep in plan.items():
+            gone_slots = np.setdiff1d(np.arange(group.size), keep)
+            if not len(gone_slots):
                 continue
-            if m.tensor.name not in self.overridable:
-                return None
-            arr = edits.get(m.tensor.name)
-            if arr is None:
-                arr = self.overridable[m.tensor.name].copy()
-            gone = m.positions[np.isin(m.slots, removed)]
-            kept = m.positions[~np.isin(m.slots, removed)]
-            fit = self.refit.get(m.tensor.name)
-            if fit is not None and fit.axis == m.axis:
+            for m in group.consumers:
+                if m.role != "weight":
+                    continue
+                if m.tensor.name not in self.overridable:
+                    return None
+                removed.setdefault((m.tensor.name, m.axis), []).append(m.positions[np.isin(m.slots, gone_slots)])
+        edits: dict[str, np.ndarray] = {}
+        for (name, axis), parts in removed.items():
+            gone = np.unique(np.concatenate(parts))
+            arr = edits.get(name, self.overridable[name]).copy()
+            fit = self.refit.get(name)
+            if fit is not None and fit.axis == axis and name not in edits:
+                kept = np.setdiff1d(np.arange(arr.shape[axis]), gone)
                 edits.update(fit.solve(arr, kept, gone))
-                arr = edits[m.tensor.name]
-            else:
-                index = [slice(None)] * arr.ndim
-                index[m.axis] = gone
-                arr[tuple(index)] = 0
-            edits[m.tensor.name] = arr
+                continue
+            index = [slice(None)] * arr.ndim
+            index[axis] = gone
+            arr[tuple(index)] = 0
+            edits[name] = arr
         return edits
+
+    def plan_outputs(self, plan: Mapping[ChannelGroup, np.ndarray]) -> list[dict] | None:
+        """The counted outputs on this evaluator's samples with ``plan`` applied by masking."""
+        edits = self.plan_overrides(plan)
+        return None if edits is None else self._run(edits)
 
     def exact(self, group: ChannelGroup, keep: np.ndarray, analysis: ChannelAnalysis, index: int) -> bool:
         """Does zeroing the consumers' slices reproduce a real removal of ``group``?"""
@@ -450,9 +465,9 @@ class _MaskedEvaluator:
         values = [layer.input for layer in layers.values()]
         grams: dict[str, np.ndarray] = {}
         rng = np.random.default_rng(0)
-        n = len(self.samples)
+        n = len(self.fit_samples)
         with runtime.session(self.model, "basic", extra_outputs=[v for v in values if not v.is_graph_input()]) as sess:
-            for sample in self.samples:
+            for sample in self.fit_samples:
                 out = runtime.run(sess, sample, [v.name for v in values if not v.is_graph_input()])
                 for name, layer in layers.items():
                     x = sample[layer.input.name] if layer.input.is_graph_input() else out[layer.input.name]

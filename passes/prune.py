@@ -11,6 +11,7 @@ After removal, an optional reconstruction step (``onnxslim.reconstruct``) refits
 
 from __future__ import annotations
 
+import dataclasses
 import fnmatch
 import importlib
 from collections.abc import Callable
@@ -20,6 +21,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxslim import channels
+from onnxslim.calibration import Calibration
 from onnxslim.channels import ChannelAnalysis, ChannelGroup
 from onnxslim.errors import UsageError
 from onnxslim.pass_api import Pass, PassContext, PassResult, option
@@ -159,9 +161,9 @@ class Prune(Pass):
             if values.shape != (group.size,):
                 raise ValueError(f"criterion {criterion_name} returned shape {values.shape} for a group of {group.size}")
             scores[group] = values
-        search = None
+        search = ready = None
         if o.target in ("budget", "latency") and eligible:
-            plan, search, search_notes = self._search(model, analysis, eligible, scores, ctx, criterion_name)
+            plan, search, search_notes, ready = self._search(model, analysis, eligible, scores, ctx, criterion_name)
             notes.extend(search_notes)
         else:
             plan = self._plan(analysis, eligible, scores, ctx)
@@ -183,6 +185,12 @@ class Prune(Pass):
             verb = "would remove" if o.dry_run else "nothing to remove:"
             summary = self._summary(details, verb) if removed else f"{verb} no channels ({len(analysis.frozen)} groups frozen)"
             return PassResult(False, summary, details, notes + _frozen_notes(analysis))
+        if ready is not None:  # target=budget: the copy the search pruned, reconstructed and verified
+            model.graph = ready[0].graph
+            if ready[1] is not None:
+                details["reconstruction"] = ready[1]
+                notes.append(f"reconstruction: {ready[1]['summary']}")
+            return PassResult(True, self._summary(details, "removed"), details, notes + _frozen_notes(analysis))
         refit = self._reconstructor(ctx, notes)
         state = refit.capture(model, plan, ctx) if refit is not None else None
         analysis.apply(plan)
@@ -213,13 +221,14 @@ class Prune(Pass):
         o = self.options
         plan = {}
         keep, refit_copy, options = self._search_parts(scores, ctx)
-        chosen, details, notes = allocation.search(
+        chosen, details, notes, copy = allocation.search(
             model, analysis, eligible, keep, ctx, target=o.target, speedup=o.speedup, refit_copy=refit_copy,
             criterion=criterion_name, options=options, freeze_residual_stream=not o.residual,
         )
         for group in eligible:  # groups the allocation leaves whole
             plan[group] = chosen.get(group, np.arange(group.size))
-        return plan, details, notes
+        ready = (copy, getattr(copy, "_onnxslim_refit_report", None)) if copy is not None else None
+        return plan, details, notes, ready
 
     def _search_parts(self, scores, ctx):
         """What a sensitivity analysis needs from this pass: the slots kept at a ratio, the
@@ -233,10 +242,13 @@ class Prune(Pass):
         refit_copy = None
         if refit is not None:
 
-            def refit_copy(copy, groups, fresh):  # capture before removal, refit after
-                state = refit.capture(copy, groups, ctx)
+            def refit_copy(copy, groups, fresh, samples=None):  # capture before removal, refit after
+                local = ctx if samples is None else dataclasses.replace(ctx, calibration=Calibration(samples))
+                state = refit.capture(copy, groups, local)
                 fresh.apply(groups)
-                refit.refit(copy, state, ctx)
+                copy._onnxslim_refit_report = refit.refit(copy, state, local)
+
+            refit_copy.accepts_samples = True
 
         options = {"round_to": o.round_to, "min_channels": o.min_channels, "residual": o.residual, "seed": ctx.seed}
         return keep, refit_copy, options
