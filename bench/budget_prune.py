@@ -122,11 +122,11 @@ def minilm() -> None:
 
     calib, held = sentences(48), sentences(24)
     t0 = time.perf_counter()
-    res = optimize(path, "prune:target=budget", calibration=calib, inputs=held, min_cosine=0.99, metric_outputs=["output"])
+    res = optimize(path, "prune:target=budget", calibration=calib, inputs=held, min_cosine=0.99, metric_outputs=["461"])
     row = res.report.passes[0]
-    print(f"\n== MiniLM: prune:target=budget --min-cosine 0.99 --metric-outputs output ({row.status}, {time.perf_counter() - t0:.1f} s)")
+    print(f"\n== MiniLM: prune:target=budget --min-cosine 0.99 --metric-outputs 461 ({row.status}, {time.perf_counter() - t0:.1f} s)")
     show(row)
-    cos = next(m.cosine for m in row.metrics if m.name == "output")
+    cos = next(m.cosine for m in row.metrics if m.name == "461")
     print(f"MiniLM: held-out embedding cosine {cos:.4f}; MACs removed {1 - row.stats.macs / res.report.before.macs:.1%}, "
           f"weights removed {1 - row.stats.params / res.report.before.params:.1%}")
 
