@@ -48,12 +48,14 @@ from .constants import constant
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 #: Bump when the meaning of cached numbers changes.
-CACHE_VERSION = 3
+CACHE_VERSION = 4
 #: Consumers wider than this (unfolded inputs) are zeroed, not refit, in the analysis.
 MAX_REFIT_WIDTH = 4096
 #: Rows of each consumer's input used for its Gram matrix.
 GRAM_ROWS = 8192
 DAMP = 1e-2
+#: A consumer is refit only with at least this many input rows per unknown (as in reconstruct).
+MIN_ROWS_PER_UNKNOWN = 2
 
 KeepFn = Callable[[ChannelGroup, float], np.ndarray]
 
@@ -479,6 +481,7 @@ class MaskedEvaluator:
             return
         values = [layer.input for layer in layers.values()]
         grams: dict[str, np.ndarray] = {}
+        rows_seen: dict[str, int] = {}
         rng = np.random.default_rng(0)
         n = len(self.fit_samples)
         with runtime.session(self.model, "basic", extra_outputs=[v for v in values if not v.is_graph_input()]) as sess:
@@ -490,7 +493,10 @@ class MaskedEvaluator:
                     z = layer.unfold(np.asarray(x, np.float64), rows)
                     z = np.concatenate([z, np.ones((len(z), 1))], axis=1)
                     grams[name] = grams.get(name, 0) + z.T @ z
+                    rows_seen[name] = rows_seen.get(name, 0) + len(z)
         for name, layer in layers.items():
+            if rows_seen.get(name, 0) < MIN_ROWS_PER_UNKNOWN * grams[name].shape[0]:
+                continue  # too few rows to refit without overfitting: zeroed only (as reconstruct does)
             bias = None
             b = layer.bias
             if b is not None and layer.kind in ("conv", "gemm") and b.name in init_names and b.name not in input_names:
