@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from onnxslim import channels
 from onnxslim.channels import ChannelAnalysis, ChannelGroup
-from onnxslim.errors import UsageError
+from onnxslim.errors import UsageError, arg
 from onnxslim.pass_api import Pass, PassContext, PassResult, option
 from onnxslim.stats import human
 
@@ -186,7 +186,7 @@ class Prune(Pass):
         if fn is None:
             raise UsageError(f"prune:criterion={name} is not available (needs onnxslim.importance)")
         if name in DATA_CRITERIA and ctx.calibration is None:
-            raise UsageError(f"prune:criterion={name} needs calibration data (--calibration data.npz)")
+            raise UsageError(f"prune:criterion={name} needs calibration data ({arg('calibration', 'data.npz')})")
         return fn, name
 
     def _reconstructor(self, ctx: PassContext, notes: list[str]):
@@ -196,11 +196,11 @@ class Prune(Pass):
         if wanted is False or (wanted is None and ctx.calibration is None):
             return None
         if ctx.calibration is None:
-            raise UsageError("prune:reconstruct=true needs calibration data (--calibration data.npz)")
+            raise UsageError(f"prune:reconstruct=true needs calibration data ({arg('calibration', 'data.npz')})")
         factory = _optional("onnxslim.reconstruct", "Reconstructor")
         if factory is None:
             if wanted:
-                raise UsageError("prune:reconstruct=true needs onnxslim.reconstruct, which is not installed")
+                raise UsageError(f"prune:reconstruct=true needs onnxslim.reconstruct, which is not installed")
             notes.append("reconstruction skipped: onnxslim.reconstruct is not available")
             return None
         return factory()
@@ -274,7 +274,7 @@ class Prune(Pass):
         (MACs at the validation input shapes; the ``fixed`` groups' counts are given)."""
         base = analysis.predict(None, input_shapes)["macs_before"]
         if not base:
-            raise UsageError("prune:target=macs: no layer's MACs can be counted at these input shapes (--input-shape)")
+            raise UsageError(f"prune:target=macs: no layer's MACs can be counted at these input shapes ({arg('input_shapes')})")
 
         def counts_for(fraction: float):
             counts = self._global_counts(groups, scores, fraction)

@@ -51,7 +51,6 @@ def _bad_files(tmp_path, model_path):
         if f.suffix != ".onnx":
             f.unlink()
     cases["missing external data"] = (ext, "is missing")
-    cases["missing file"] = (tmp_path / "nope.onnx", "no such file")
     return cases
 
 
