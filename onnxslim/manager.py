@@ -59,7 +59,9 @@ class OptimizeResult:
         if broken:
             detail = "; ".join(f"{k} {self.report.final_checks[k]}" for k in broken)
             raise PassFailedError(f"the optimized model fails a check the input model passes ({detail}); nothing written")
+        started = time.perf_counter()
         files = model_io.save(target, path, external_data=external_data)
+        self.report.seconds += time.perf_counter() - started
         self.report.output = str(path)
         self.report.output_bytes = sum(f.stat().st_size for f in files)
         return files
@@ -98,6 +100,7 @@ def optimize(
     samples are built from the input signature (``input_shapes`` fixes dynamic dims).
     ``tolerances`` maps output names to a :class:`Tolerance` (a number: its atol, rtol 0).
     """
+    started = time.perf_counter()
     if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
         raise UsageError(f"{arg('min_cosine')} must be in [-1, 1], got {min_cosine}")
     if not isinstance(model, (str, os.PathLike, bytes, onnx.ModelProto, ir.Model)):
@@ -118,6 +121,7 @@ def optimize(
                 PassReport(p.name, p.lossless, SKIPPED, reason=f"onnx-ir cannot represent the model ({doc.unsupported})")
             )
         report.warnings.append(f"model kept unchanged: {doc.unsupported}")
+        report.seconds = time.perf_counter() - started
         return OptimizeResult(None, report, doc.proto, source, doc.files)
 
     current = doc.model
@@ -210,6 +214,7 @@ def optimize(
         if any(v != "ok" for v in report.final_checks.values()) and not isinstance(model, ir.Model):
             # Only a check the input model passes is this run's fault: look at a fresh copy.
             report.input_checks = _final_checks(model_io.load_document(model).model)
+    report.seconds = time.perf_counter() - started
     return OptimizeResult(current, report, None, source, doc.files)
 
 
