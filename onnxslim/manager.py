@@ -166,7 +166,7 @@ def optimize(
     # Outputs of the model as it stands before each pass: a lossless pass must reproduce these
     # (not the original's, which an earlier lossy pass has legitimately moved away from).
     previous = reference
-    ctx = PassContext(calibration=calib, progress=console.progress, seed=seed, input_shapes=shape_map)
+    ctx = PassContext(calibration=calib, progress=console.progress, seed=seed, input_shapes=shape_map, sample=first)
     for index, p in enumerate(pipeline, 1):
         console.step(f"[{index}/{len(pipeline)}] {p.name}")
         row = PassReport(p.name, p.lossless, NO_CHANGE, options=dataclasses.asdict(p.options))

@@ -56,6 +56,9 @@ class PassContext:
     #: Concrete input shapes the model is validated at (``--input-shape`` or the validation
     #: data's); passes that predict MACs use them. Empty when unknown.
     input_shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    #: One validation sample (None when there is none): shapes that inference cannot resolve are
+    #: measured on it, as the report's statistics measure them, so predicted MACs count the same.
+    sample: dict[str, Any] | None = None
 
 
 class Pass:

@@ -150,7 +150,7 @@ class Prune(Pass):
                 raise ValueError(f"criterion {criterion_name} returned shape {values.shape} for a group of {group.size}")
             scores[group] = values
         plan = self._plan(analysis, eligible, scores, ctx)
-        prediction = analysis.predict(plan, ctx.input_shapes or None)
+        prediction = analysis.predict(plan, ctx.input_shapes or None, ctx.sample)
         details = self._details(analysis, plan, skipped, criterion_name, prediction)
         fallback = getattr(score, "fallback", None)  # data-driven criteria: groups they could not measure
         fallbacks = [(g, fallback(g, ctx)) for g in eligible] if fallback is not None else []
@@ -254,7 +254,7 @@ class Prune(Pass):
             if o.target == "global":
                 ranked = self._global_counts(free, scores, o.ratio)
             else:
-                ranked = self._macs_counts(analysis, free, scores, fixed, ctx.input_shapes or None)
+                ranked = self._macs_counts(analysis, free, scores, fixed, ctx)
             counts = {**fixed, **ranked}
         return {g: _strongest(scores[g], counts[g]) for g in groups}
 
@@ -269,17 +269,19 @@ class Prune(Pass):
         removed = np.bincount(owner[order[:n_remove]], minlength=len(groups))
         return {g: self._n_keep(g, int(min(removed[i], g.size - 1))) for i, g in enumerate(groups)}
 
-    def _macs_counts(self, analysis: ChannelAnalysis, groups, scores, fixed, input_shapes) -> dict[ChannelGroup, int]:
+    def _macs_counts(self, analysis: ChannelAnalysis, groups, scores, fixed, ctx: PassContext) -> dict[ChannelGroup, int]:
         """Global ranking, with the removed fraction found by bisection to reach the MACs target
-        (MACs at the validation input shapes; the ``fixed`` groups' counts are given)."""
-        base = analysis.predict(None, input_shapes)["macs_before"]
+        (MACs at the validation input shapes, counted as the report counts them; the ``fixed``
+        groups' counts are given)."""
+        input_shapes, sample = ctx.input_shapes or None, ctx.sample
+        base = analysis.predict(None, input_shapes, sample)["macs_before"]
         if not base:
             raise UsageError(f"prune:target=macs: no layer's MACs can be counted at these input shapes ({arg('input_shapes')})")
 
         def counts_for(fraction: float):
             counts = self._global_counts(groups, scores, fraction)
             plan = {g: _strongest(scores[g], n) for g, n in {**fixed, **counts}.items()}
-            return counts, analysis.predict(plan, input_shapes)["macs_after"] / base
+            return counts, analysis.predict(plan, input_shapes, sample)["macs_after"] / base
 
         lo, hi = 0.0, 0.99
         best, ratio = counts_for(hi)
