@@ -191,7 +191,7 @@ class Unstructured(Pass):
             return PassResult(False, "no weight changed", details, notes)
         summary = (
             f"{len(rows)} layer(s): zeros {details['sparsity_before']:.1%} -> {details['sparsity_after']:.1%} "
-            f"of {size_total} weights ({self.options.criterion})"
+            f"of these layers' {size_total} weights ({self.options.criterion})"
         )
         return PassResult(True, summary, details, notes)
 
