@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -206,24 +207,29 @@ class Report:
         width = width or shutil.get_terminal_size((80, 24)).columns
         console = Console(width=width, record=True, file=_Null())
         console.print(self.table(width))
+
+        def say(text: str) -> None:  # a line under the table; continuation lines indented
+            wrapped = textwrap.fill(text, width=width, initial_indent="  ", subsequent_indent="      ", break_on_hyphens=False)
+            console.print(wrapped, markup=False, highlight=False, soft_wrap=True)
+
         before, after = self.before, self.after
         if before is not None:
-            console.print(f"  sparsity: {SPARSITY_COUNTS}.", style=None, highlight=False)
+            say(f"sparsity: {SPARSITY_COUNTS}.")
         if before is not None and before.macs_symbolic:
             shapes = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in self.input_shapes.items())
-            line = f"  MACs by dynamic dims: {before.macs_symbolic}"
+            line = f"MACs by dynamic dims: {before.macs_symbolic}"
             if after is not None and after is not before and after.macs_symbolic:
                 line += f" → {after.macs_symbolic}"
-            console.print(line + (f" (the table counts at {shapes})" if shapes else ""))
+            say(line + (f" (the table counts at {shapes})" if shapes else ""))
         for row in self.passes:
             if row.reason:
-                console.print(f"  {row.name}: {row.status}: {_escape(row.reason)}")
+                say(f"{row.name}: {row.status}: {row.reason}")
             for note in row.notes[:20]:
-                console.print(f"  {row.name}: {_escape(note)}")
+                say(f"{row.name}: {note}")
             if len(row.notes) > 20:
-                console.print(f"  {row.name}: ... {len(row.notes) - 20} more notes in the JSON report")
+                say(f"{row.name}: ... {len(row.notes) - 20} more notes in the JSON report")
         if self.seconds:
-            console.print(f"  total {self.seconds:.2f}s wall (per pass and in all: in the JSON report)")
+            say(f"total {self.seconds:.2f}s wall (per pass and in all: in the JSON report)")
         return console.export_text()
 
 
@@ -237,10 +243,6 @@ class _Null:
 
     def flush(self) -> None:
         pass
-
-
-def _escape(text: str) -> str:
-    return text.replace("[", r"\[")
 
 
 def _fmt_err(value: float | None, digits: int = 2) -> str:
