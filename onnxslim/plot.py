@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from html import escape
+from pathlib import Path
 
 from .report import APPLIED, NO_CHANGE, SPARSITY_COUNTS, Report, _fmt_err
 
@@ -29,10 +30,12 @@ def report_svg(report: Report) -> str:
     top = 92
     height = top + group_h * len(rows) + 34
     total_w = drift_x + drift_w + 30
-    title = escape(report.source or "model") + (" — dry run, nothing written" if report.dry_run else "")
+    title = escape(_short(Path(report.source).name if report.source else "model", 60))
+    title += " — dry run, nothing written" if report.dry_run else ""
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{total_w}" height="{height}" font-family="sans-serif" font-size="12">',
         '<rect width="100%" height="100%" fill="white"/>',
+        f"<title>{escape(report.source or 'model')}</title>",
         f'<text x="10" y="20" font-size="15" font-weight="bold">{title}</text>',
         '<text x="10" y="38" fill="#444">after each pass; params, MACs and file size as × the input model (1 = unchanged)</text>',
         f'<text x="10" y="54" fill="#444">sparsity: {escape(SPARSITY_COUNTS)}</text>',
@@ -59,7 +62,7 @@ def report_svg(report: Report) -> str:
         if index:
             out.append(f'<line x1="10" y1="{y - gap / 2:.1f}" x2="{total_w - 10}" y2="{y - gap / 2:.1f}" stroke="#f0f0f0"/>')
         mid = y + len(_BARS) * bar_h / 2
-        out.append(f'<text x="10" y="{mid:.1f}" font-weight="bold">{escape(name)}</text>')
+        out.append(f'<text x="10" y="{mid:.1f}" font-weight="bold">{escape(_short(name, 22))}</text>')
         if status:
             color = "#2a7" if status.startswith(APPLIED) else "#777"
             out.append(f'<text x="10" y="{mid + 14:.1f}" font-size="11" fill="{color}">{escape(status)}</text>')
@@ -91,6 +94,11 @@ def report_svg(report: Report) -> str:
         y += group_h
     out.append("</svg>")
     return "\n".join(out) + "\n"
+
+
+def _short(text: str, limit: int) -> str:
+    """At most ``limit`` characters, so a label stays out of the bars beside it."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 def _frac(now: float | None, base: float | None) -> float | None:
