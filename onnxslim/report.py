@@ -245,6 +245,11 @@ class _Null:
         pass
 
 
+def _escape(text: str) -> str:
+    """Text for a rich markup string (a '[' would open a tag)."""
+    return text.replace("[", r"\[")
+
+
 def _fmt_err(value: float | None, digits: int = 2) -> str:
     if value is None:
         return ""
