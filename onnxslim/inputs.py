@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from .errors import UsageError, arg
+from .errors import UsageError, arg, did_you_mean
 
 Sample = dict[str, np.ndarray]
 
@@ -77,7 +77,8 @@ def check_shape_names(model: ir.Model, shapes: Mapping[str, Sequence[int]] | Non
     names = {v.name for v in model_inputs(model)}
     for name in shapes or {}:
         if name not in names:
-            raise UsageError(f"{arg('input_shapes')}: model has no input {name!r} (inputs: {', '.join(sorted(names))})")
+            hint = did_you_mean(name, names)
+            raise UsageError(f"{arg('input_shapes')}: model has no input {name!r}{hint} (inputs: {', '.join(sorted(names))})")
 
 
 def resolve_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:

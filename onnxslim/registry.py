@@ -107,7 +107,8 @@ def load_recipe(path: str | Path) -> list[Pass]:
         raise UsageError(f"{path}: not a valid TOML recipe ({exc})") from None
     entries = data.get("pass")
     if not isinstance(entries, list) or not entries:
-        raise UsageError(f"{path}: a recipe lists passes as [[pass]] tables with a name")
+        found = next((f" (found [[{k}]]: did you mean [[pass]]?)" for k in data if did_you_mean(k, ["pass"])), "")
+        raise UsageError(f"{path}: a recipe lists passes as [[pass]] tables with a name{found}")
     return build_all(entries, where=str(path))
 
 

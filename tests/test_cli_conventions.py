@@ -171,3 +171,18 @@ def test_missing_files_share_one_exit_code(tmp_path, model, capsys):
     assert set(codes.values()) == {2}, codes
     with pytest.raises(UsageError, match="no such file"):
         onnxslim.optimize(tmp_path / "nope.onnx")
+
+
+def test_did_you_mean_for_names_in_the_model_and_the_recipe(tmp_path, model, capsys):
+    out = tmp_path / "out.onnx"
+    code, _, err = _cli([model, out, "--input-shape", "inptu=1x3x32x32"], capsys)
+    assert code == 2 and "model has no input 'inptu' (did you mean 'input'?)" in err
+    code, _, err = _cli([model, out, "--tolerance", "logit=1e-4"], capsys)
+    assert code == 2 and "(did you mean 'logits'?)" in err
+    recipe = tmp_path / "r.toml"
+    recipe.write_text('[[passes]]\nname = "cleanup"\n')
+    code, _, err = _cli([model, out, "--recipe", recipe], capsys)
+    assert code == 2 and "found [[passes]]: did you mean [[pass]]?" in err
+    recipe.write_text('[[pass]]\nname = "prune"\nratoi = 0.3\n')
+    code, _, err = _cli([model, out, "--recipe", recipe], capsys)
+    assert code == 2 and "has no option 'ratoi' (did you mean 'ratio'?)" in err
