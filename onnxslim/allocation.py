@@ -127,7 +127,7 @@ def search(
     def probe(k: int, real: bool = True, final: bool = False) -> bool:
         t0 = time.perf_counter()
         plan = plan_of(path[k])
-        macs = analysis.predict({by_index[i]: kk for i, kk in plan.items()}, ctx.input_shapes or None)
+        macs = analysis.predict({by_index[i]: kk for i, kk in plan.items()}, ctx.input_shapes or None, ctx.sample)
         entry = {"step": k, "check": ("onnxruntime, full refit" if final else "onnxruntime") if real else "masked screen",
                  "macs_kept": macs["macs_after"] / max(macs["macs_before"], 1), "params_kept": macs["params_after"] / max(macs["params_before"], 1)}
         if target == "budget":

@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from .errors import UsageError
+from .errors import UsageError, arg, did_you_mean
 
 Outputs = list  # one {name: array} per sample (validation.Outputs)
 Metric = Callable[[Outputs, Outputs], float]
@@ -54,12 +54,12 @@ class Budget:
     outputs: tuple[str, ...] | None = None
 
     def __post_init__(self):
-        for name, lo, hi in (("--min-cosine", -1.0, 1.0), ("--min-agreement", 0.0, 1.0)):
-            value = self.min_cosine if name == "--min-cosine" else self.min_agreement
+        for name, lo, hi in (("min_cosine", -1.0, 1.0), ("min_agreement", 0.0, 1.0)):
+            value = getattr(self, name)
             if value is not None and not lo <= value <= hi:
-                raise UsageError(f"{name} must be in [{lo:g}, {hi:g}], got {value}")
+                raise UsageError(f"{arg(name)} must be in [{lo:g}, {hi:g}], got {value}")
         if self.max_error is not None and not self.max_error >= 0:
-            raise UsageError(f"--max-error must be non-negative, got {self.max_error}")
+            raise UsageError(f"{arg('max_error')} must be non-negative, got {self.max_error}")
         if self.metric is not None and not callable(self.metric):
             raise UsageError(f"metric must be callable(original_outputs, pruned_outputs) -> float, got {type(self.metric).__name__}")
         if (self.metric is None) != (self.min_metric is None):
@@ -67,7 +67,7 @@ class Budget:
         if self.outputs is not None:
             object.__setattr__(self, "outputs", tuple(self.outputs))
             if not self.outputs:
-                raise UsageError("--metric-outputs: no output names given")
+                raise UsageError(f"{arg('metric_outputs')}: no output names given")
 
     @property
     def active(self) -> bool:
@@ -77,7 +77,7 @@ class Budget:
         """Refuse output names the model does not have (a usage error, before anything runs)."""
         for name in self.outputs or ():
             if name not in names:
-                raise UsageError(f"--metric-outputs: the model has no output {name!r} (outputs: {', '.join(names)})")
+                raise UsageError(f"{arg('metric_outputs')}: the model has no output {name!r}{did_you_mean(name, names)} (outputs: {', '.join(names)})")
 
     def counted(self, names: Sequence[str]) -> list[str]:
         return [n for n in names if self.outputs is None or n in self.outputs]
@@ -122,7 +122,7 @@ class Budget:
             scored = [m for m in counted if m.top1 is not None]
             if not scored:
                 raise UsageError(
-                    "--min-agreement needs a classification output (float, last axis > 1) among "
+                    f"{arg('min_agreement')} needs a classification output (float, last axis > 1) among "
                     + ", ".join(m.name for m in counted)
                 )
             worst = min(scored, key=lambda m: m.top1)

@@ -219,7 +219,7 @@ def analyze(
         if hit is not None:
             hit.cached, hit.cache_file = True, str(path)
             return hit
-    base = analysis.predict(None, input_shapes)
+    base = analysis.predict(None, input_shapes, samples[0])
     total_macs = base["macs_before"] or 1
     plans = {id(g): [np.asarray(keep(g, r), dtype=np.int64) for r in ratios] for g in groups}
     # With reconstruction, drift is measured on calibration samples the refit did not see
@@ -244,9 +244,9 @@ def analyze(
     finally:
         evaluator.close()
     for g in groups:
-        touched = _touched_macs(analysis, g, input_shapes)
+        touched = _touched_macs(analysis, g, input_shapes, samples[0])
         row = [results[(id(g), j)] for j in range(len(ratios))]
-        predicted = [analysis.predict({g: plans[id(g)][j]}, input_shapes) for j in range(len(ratios))]
+        predicted = [analysis.predict({g: plans[id(g)][j]}, input_shapes, samples[0]) for j in range(len(ratios))]
         curves.append(
             GroupCurve(
                 index=index[id(g)], name=g.name, kind=g.kind, size=g.size,
@@ -278,10 +278,10 @@ def _fit_split(samples):
     return fit, held
 
 
-def _touched_macs(analysis: ChannelAnalysis, group: ChannelGroup, input_shapes) -> int:
+def _touched_macs(analysis: ChannelAnalysis, group: ChannelGroup, input_shapes, sample) -> int:
     """MACs of the layers whose cost depends on the group (removing all but one channel)."""
-    before = analysis.predict(None, input_shapes)["macs_before"]
-    after = analysis.predict({group: np.arange(1)}, input_shapes)["macs_after"]
+    before = analysis.predict(None, input_shapes, sample)["macs_before"]
+    after = analysis.predict({group: np.arange(1)}, input_shapes, sample)["macs_after"]
     return int(before - after)
 
 
