@@ -26,13 +26,10 @@ from .pass_api import PassContext
 from .sensitivity import Sensitivity
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:
-        raise UsageError(message)
-
-
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="onnxslim analyze", description="Per-group pruning sensitivity of an ONNX model on your data.")
+    from .cli import UsageParser
+
+    p = UsageParser(prog="onnxslim analyze", description="Per-group pruning sensitivity of an ONNX model on your data.")
     p.add_argument("input", help="input .onnx model")
     p.add_argument("--calibration", help=".npz of calibration inputs (recommended; random inputs otherwise)")
     p.add_argument("--inputs", help=".npz of validation inputs (as for prune: then calibration is not split)")

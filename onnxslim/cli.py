@@ -21,9 +21,9 @@ from .validation import Tolerance
 
 EPILOG = """\
 commands: onnxslim passes [NAME...]   the installed passes (or the named ones) with their options.
+          onnxslim analyze in.onnx --calibration data.npz [--report a.json] [--plot a.svg]   pruning sensitivity.
 passes: name[:key=value[:key=value]][,name...]   e.g. --passes "prune:ratio=0.3:criterion=l2,sparsify"
         list values are separated by '|', maps as 'k=v|k=v'; `onnxslim passes` lists passes and options.
-sensitivity: onnxslim analyze in.onnx --calibration data.npz [--report a.json] [--plot a.svg]
 exit codes: 0 ok, 1 model problem or a pass failed under --strict, 2 usage error.
 """
 
