@@ -150,7 +150,8 @@ def sensitivity_svg(sens: Sensitivity, title: str) -> str:
     y = top + cell_h * len(rows) + 25
     out.append(f'<text x="10" y="{y + 12}">nmse (log scale):</text>')
     steps = hi - lo
-    for k in range(steps + 1):
+    every = max(1, -(-steps // 8))  # at most ~9 labelled swatches
+    for k in range(0, steps + 1, every):
         x = left + k * (cell_w * len(sens.ratios) / max(steps, 1))
         out.append(f'<rect x="{x - 12:.1f}" y="{y}" width="24" height="14" fill="{_color(10.0 ** (lo + k), lo, hi)}" stroke="#999"/>')
         out.append(f'<text x="{x:.1f}" y="{y + 30}" text-anchor="middle" font-size="10">1e{lo + k}</text>')
