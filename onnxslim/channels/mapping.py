@@ -46,15 +46,6 @@ def same_slot_in_every_block(atoms: np.ndarray, n_blocks: int, union: Union) -> 
     return blocks[0]
 
 
-def literal(value, index: int, number: int, reader) -> tuple:
-    """A shape entry: ("literal", value, index, number, reader), ("copy",) or ("infer",)."""
-    if number == 0:
-        return ("copy",)
-    if number == -1:
-        return ("infer",)
-    return ("literal", value, index, number, reader)
-
-
 def align(src: Sequence[Dim], dst: Sequence[Dim]) -> list[tuple[list[int], list[int]]] | None:
     """Pair runs of input axes with runs of output axes of equal total size."""
     segments = []

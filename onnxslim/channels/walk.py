@@ -4,7 +4,7 @@ dispatch of every node to its op family's rule (:mod:`.rules`)."""
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import numpy as np
 import onnx
@@ -62,6 +62,7 @@ class Walk:
         self._tracked_nodes: list[tuple[ir.Node, np.ndarray]] = []
         self.layers: list[tuple[ir.Node, list[np.ndarray]]] = []  # MAC ops and the atoms they scale with
         self._uniform: dict[int, bool] = {}
+        self._filled = False  # symbolic shape inference run
 
     # ---- atoms ---------------------------------------------------------------------
 
@@ -109,6 +110,18 @@ class Walk:
         if value.shape is not None:
             return [d if isinstance(d, int) else (d.value if hasattr(d, "value") else None) for d in value.shape]
         return None
+
+    def resolved_shape(self, value: ir.Value | None, axes: Sequence[int] | None = None) -> list[Dim] | None:
+        """``shape``, with dims onnx could not work out (at ``axes``, or anywhere) filled in by
+        symbolic inference, which runs once and only for models that need it (it is slow)."""
+        dims = self.shape(value)
+        if dims is None or self._filled:
+            return dims
+        if any(_unknown(dims[a]) for a in (axes if axes is not None else range(len(dims))) if -len(dims) <= a < len(dims)):
+            self._filled = True
+            fill_unknown(self.model, self._shapes)
+            return self.shape(value)
+        return dims
 
     def rank(self, value: ir.Value | None) -> int | None:
         shape = self.shape(value)
@@ -220,6 +233,39 @@ def infer_shapes(model: ir.Model) -> dict[str, list[Dim]]:
         proto = shapes.infer(model, strict=False)
     except shapes.ShapeInferenceError:  # shapes stay unknown; the groups they touch freeze
         proto = model_io.to_proto(model)
+    return _collect(proto)
+
+
+def fill_unknown(model: ir.Model, found: dict[str, list[Dim]]) -> None:
+    """Where onnx left dims unknown (an attention mask built from Shape/ConstantOfShape/Expand),
+    onnxruntime's symbolic shape inference fills them in (its own symbols kept apart)."""
+    inputs = {d for dims in (found.get(v.name, ()) for v in model.graph.inputs) for d in dims if isinstance(d, str)}
+    for name, dims in _symbolic(model).items():
+        mine = found.get(name)
+        dims = [d if not isinstance(d, str) or d in inputs else f"sym:{d}" for d in dims]
+        if mine is None:
+            found[name] = dims
+        elif len(mine) == len(dims):
+            found[name] = [s if _unknown(d) and s is not None else d for d, s in zip(mine, dims)]
+
+
+def _unknown(dim: Dim) -> bool:
+    """onnx names a dim it cannot work out ``unk__N``: unknown, like None."""
+    return dim is None or isinstance(dim, str) and dim.startswith("unk__")
+
+
+def _symbolic(model: ir.Model) -> dict[str, list[Dim]]:
+    try:
+        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
+
+        with shapes.skeleton(model) as proto:
+            inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+    except Exception:  # best effort: a model it cannot handle keeps onnx's shapes
+        return {}
+    return _collect(inferred) if inferred is not None else {}
+
+
+def _collect(proto: onnx.ModelProto) -> dict[str, list[Dim]]:
     found: dict[str, list[Dim]] = {}
 
     def record(vi: onnx.ValueInfoProto) -> None:

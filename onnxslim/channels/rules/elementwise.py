@@ -54,6 +54,9 @@ def broadcast(w: Walk, node: ir.Node) -> None:
         if inp is None or w.tracked(inp):
             continue
         shape = w.shape(inp)
+        if shape is not None:  # dims at the channel axes must be known: ask symbolic inference
+            local_axes = [a - (rank - len(shape)) for a in result]
+            shape = w.resolved_shape(inp, [a for a in local_axes if 0 <= a < len(shape)])
         is_const = constant(inp) is not None
         for axis, atoms in result.items():
             local = axis - (rank - len(shape)) if shape is not None else None

@@ -8,8 +8,9 @@ import numpy as np
 import onnx_ir as ir
 
 from ...constants import constant
-from ..mapping import align, literal, merged_atoms
-from ..walk import Dim, Edit, Walk, attr_int, attr_ints, ints
+from ..mapping import align, merged_atoms, outer_blocks, same_slot_in_every_block
+from ..shape_entries import entries, resolved, target_shape
+from ..walk import Dim, Edit, Walk, attr_int, attr_ints, ints, label
 from . import rule
 
 
@@ -93,17 +94,18 @@ def reshape(w: Walk, node: ir.Node) -> None:
     axes = w.tracked(node.inputs[0])
     if not axes:
         return
-    src, dst = w.shape(node.inputs[0]), w.shape(node.outputs[0])
+    for shape in (w.shape, w.resolved_shape):  # symbolic inference only where onnx's fails
+        src, inferred = shape(node.inputs[0]), shape(node.outputs[0])
+        found = entries(w, node.inputs[1], node)
+        dst = target_shape(w, found, src, inferred) if found is not None and src is not None else inferred
+        segments = align(src, dst) if src is not None and dst is not None else None
+        if segments is not None:
+            break
     if src is None or dst is None:
         w.freeze_inputs(node, "Reshape of unknown shape")
         return
-    segments = align(src, dst)
     if segments is None:
-        if constant(node.inputs[1]) is None:
-            for atoms in axes.values():
-                w.freeze(atoms, f"Reshape with computed shape at node {node.name}")
-        else:
-            w.freeze_inputs(node, "Reshape that cannot be aligned")
+        w.freeze_inputs(node, "Reshape that cannot be aligned")
         return
     result: dict[int, np.ndarray] = {}
     for in_axes, out_axes in segments:
@@ -120,73 +122,87 @@ def reshape(w: Walk, node: ir.Node) -> None:
                 return
             result[out_axes[0]] = merged
             continue
-        # one axis split into several: coarsen to the outermost non-trivial output axis
         dims = [dst[o] for o in out_axes]
         if not all(isinstance(d, int) for d in dims):
             w.freeze_inputs(node, "Reshape split with unknown sizes")
             return
-        outer = next(i for i, d in enumerate(dims) if d > 1)
-        blocks = axes[inside[0]].reshape(int(np.prod(dims[: outer + 1])), -1)
-        for col in range(1, blocks.shape[1]):
-            w.union(blocks[:, 0], blocks[:, col])
-        w.head_atoms.append(blocks[:, 0])
-        result[out_axes[outer]] = blocks[:, 0]
-    entries = shape_entries(w, node, len(dst))
-    for out_axis, atoms in result.items():
-        entry = entries[out_axis] if entries is not None else None
-        if entry is None:
-            w.freeze(atoms, f"Reshape with computed shape at node {node.name}")
-        elif entry[0] == "literal" and entry[3] > 0:
-            w.edit(Edit("shape", node, [atoms], {"source": entry[1], "index": entry[2], "consumer": entry[4]}))
-        elif entry[0] == "copy" and out_axis >= len(src) or entry[0] == "copy" and src[out_axis] != dst[out_axis]:
-            w.freeze(atoms, f"Reshape copying a changed axis at node {node.name}")
+        split = [o for o, d in zip(out_axes, dims) if d > 1]
+        atoms = axes[inside[0]]
+        if len(split) == 1:  # only unit axes added
+            result[split[0]] = atoms
+        elif len(split) == 2 and _shuffled(node, *split):  # channel shuffle: same slot in every group
+            result[split[1]] = same_slot_in_every_block(atoms, dst[split[0]], w.union)
+        else:  # heads: whole blocks of the outermost axis go together
+            outer = split[0]
+            result[outer] = outer_blocks(atoms, int(np.prod([d for o, d in zip(out_axes, dims) if o <= outer])), w.union)
+            w.head_atoms.append(result[outer])
+    _check_entries(w, node, found, src, dst, result)
     w.set(node.outputs[0], result, node)
 
-def shape_entries(w: Walk, reshape: ir.Node, rank: int) -> list[tuple | None] | None:
-    """Where each entry of a Reshape shape comes from: ("literal", value, index, number,
-    reading node), ("copy",) for 0, ("infer",) for -1, or None when computed."""
-    value = reshape.inputs[1]
-    c = constant(value)
-    if c is not None:
-        arr = c.numpy().reshape(-1)
-        return [literal(value, i, int(v), reshape) for i, v in enumerate(arr)]
-    node = value.producer()
-    if node is None or node.op_type != "Concat":
-        return [None] * rank
-    entries: list[tuple | None] = []
-    for piece in node.inputs:
-        pc = constant(piece)
-        if pc is not None:
-            entries += [literal(piece, i, int(v), node) for i, v in enumerate(pc.numpy().reshape(-1))]
+
+def _shuffled(node: ir.Node, first: int, second: int) -> bool:
+    """The Reshape output feeds only a Transpose that swaps the two split axes (ShuffleNet)."""
+    uses = node.outputs[0].uses()
+    if len(uses) != 1 or uses[0].node.op_type != "Transpose":
+        return False
+    perm = attr_ints(uses[0].node, "perm")
+    return perm is not None and perm[first] == second and perm[second] == first
+
+
+def _check_entries(w: Walk, node: ir.Node, found, src, dst, result) -> None:
+    """Every output channel axis needs a shape entry that follows the kept count: a literal
+    (rewritten), -1, 0 over an unchanged axis, or the same channels' dim read at run time."""
+    for j in range(len(dst)):
+        entry = found[j] if found is not None and j < len(found) else None
+        atoms = result.get(j)
+        if atoms is None:
+            if entry is not None and entry.kind == "dim" and entry.axis in w.tracked(entry.source):
+                w.freeze(w.tracked(entry.source)[entry.axis], f"channel count used as a fixed dim by {label(node)}")
+            continue
+        if entry is None or entry.kind == "unknown":
+            w.freeze(atoms, f"Reshape with computed shape at node {node.name}")
+        elif entry.is_infer:
+            continue
+        elif entry.is_copy:
+            if j >= len(src) or src[j] != dst[j]:
+                w.freeze(atoms, f"Reshape copying a changed axis at node {node.name}")
+        elif entry.kind == "literal" and entry.number == len(atoms):
+            w.edit(Edit("shape", node, [atoms], {"source": entry.value, "index": entry.index, "consumer": entry.reader}))
+        elif entry.kind == "dim" and entry.scale == 1 and len(w.tracked(entry.source).get(entry.axis, ())) == len(atoms):
+            w.union(w.tracked(entry.source)[entry.axis], atoms)  # read at run time: equal counts
         else:
-            shape = w.shape(piece)
-            if shape is None or not isinstance(shape[0] if shape else 1, int):
-                return None
-            entries += [None] * (int(np.prod(shape)) if shape else 1)
-    return entries if len(entries) == rank else None
+            w.freeze(atoms, f"Reshape with a fixed channel count at node {node.name}")
+
 
 @rule("Expand")
 def expand(w: Walk, node: ir.Node) -> None:
-    """Broadcast to a constant shape: a channel axis passes through where its entry is 1
-    (kept as is) or C (rewritten to the kept count); anything else freezes."""
+    """Broadcast to a shape: a channel axis passes through where its entry is 1 (kept as is),
+    C (a literal, rewritten to the kept count) or the same channels' dim read at run time."""
     axes = w.tracked(node.inputs[0])
     if not axes:
         return
-    target, rank = ints(node.inputs[1]), w.rank(node.inputs[0])
-    if target is None or rank is None:
+    found, rank = entries(w, node.inputs[1], node), w.rank(node.inputs[0])
+    if found is None or rank is None:
         w.freeze_inputs(node, "Expand with computed shape")
         return
-    shift = max(len(target) - rank, 0)
-    lead = max(rank - len(target), 0)  # input axes with no entry in the shape
+    shift = max(len(found) - rank, 0)
+    lead = max(rank - len(found), 0)  # input axes with no entry in the shape
     out: dict[int, np.ndarray] = {}
     for a, atoms in axes.items():
         j = a + shift - lead
-        entry = target[j] if j >= 0 else 1
-        if entry not in (1, len(atoms)):
+        entry = found[j] if j >= 0 else None
+        size = resolved(w, entry) if entry is not None else 1
+        if size == 1:
+            pass
+        elif entry.kind == "literal" and size == len(atoms):
+            w.edit(Edit("shape", node, [atoms], {"source": entry.value, "index": entry.index, "consumer": entry.reader}))
+        elif entry.kind == "dim" and entry.scale == 1 and len(w.tracked(entry.source).get(entry.axis, ())) == len(atoms):
+            w.union(w.tracked(entry.source)[entry.axis], atoms)
+        else:
             w.freeze_inputs(node, "Expand broadcasting a channel axis")
             return
-        if entry == len(atoms) and entry != 1:
-            extra = {"source": node.inputs[1], "index": j, "consumer": node}
-            w.edit(Edit("shape", node, [atoms], extra))
         out[a + shift] = atoms
+    for j, entry in enumerate(found):
+        if entry.kind == "dim" and entry.axis in w.tracked(entry.source) and j - shift + lead not in axes:
+            w.freeze(w.tracked(entry.source)[entry.axis], f"channel count used as a fixed dim by {label(node)}")
     w.set(node.outputs[0], out, node)
