@@ -7,6 +7,8 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
+from .. import stats
+from ..constants import iter_nodes
 from . import apply as _apply
 from . import macs as _macs
 from .groups import Activation, ChannelGroup, FrozenGroup, Member
@@ -24,6 +26,10 @@ class ChannelAnalysis(Walk):
         self._base_macs: dict[tuple, tuple[dict[int, int], int]] = {}  # by input shapes
         self._applied = False
         self.walk(model.graph)
+        counted = {id(node) for node, _ in self.layers}
+        for node in iter_nodes(model):  # every MAC op counts, at a fixed width where no group touches it
+            if node.op_type in stats._MAC_OPS and node.domain in ("", "ai.onnx") and id(node) not in counted:
+                self.layers.append((node, []))
         for out in model.graph.outputs:
             for atoms in self.tracked(out).values():
                 self.freeze(atoms, f"graph output {out.name!r}")

@@ -85,18 +85,24 @@ def layer_macs(analysis: ChannelAnalysis, input_shapes: Mapping[str, Sequence[in
         concrete = {}
     result = {}
     for node, _ in a.layers:
-        macs = node_macs(node, concrete, batch)
+        macs = node_macs(node, concrete)
+        if macs is not None:
+            result[id(node)] = macs
+    if len(result) < len(a.layers):  # measure what inference cannot resolve, as the report does
+        concrete = {**concrete, **_measured(a.model, concrete, dims)}
+    for node, _ in a.layers:
+        macs = node_macs(node, concrete, batch) if id(node) not in result else None
         if macs is not None:
             result[id(node)] = macs
     a._base_macs[key] = result, len(a.layers) - len(result)
     return a._base_macs[key]
 
 
-def node_macs(node: ir.Node, concrete: Mapping[str, tuple], batch: int = 1) -> int | None:
+def node_macs(node: ir.Node, concrete: Mapping[str, tuple], batch: int | None = None) -> int | None:
     """Multiply-accumulates of one Conv/ConvTranspose/Gemm/MatMul at concrete shapes.
 
-    A batch axis inference leaves open (a broadcast against a shape it could not compute)
-    counts as ``batch``; any other unknown dim makes the count unknown (None)."""
+    With ``batch``, a batch axis inference leaves open (a broadcast against a shape it could
+    not compute) counts as ``batch``; any other unknown dim makes the count unknown (None)."""
     matmul = node.op_type == "MatMul"
 
     def shape(value: ir.Value | None) -> tuple | None:
@@ -105,8 +111,20 @@ def node_macs(node: ir.Node, concrete: Mapping[str, tuple], batch: int = 1) -> i
         if found is None:
             return None
         batch_axis = [i < len(found) - 2 if matmul else i == 0 for i in range(len(found))]
-        dims = tuple(batch if d is None and b else d for d, b in zip(found, batch_axis))
+        dims = tuple(batch if d is None and b and batch is not None else d for d, b in zip(found, batch_axis))
         return dims if all(isinstance(d, int) for d in dims) else None
 
     macs = stats.node_macs(node, shape)
     return None if macs is None else int(macs)
+
+
+def _measured(model: ir.Model, concrete: Mapping[str, tuple], dims: Mapping[str, Sequence[int]]) -> dict[str, tuple]:
+    """Shapes of layer tensors read from one onnxruntime run on a random sample at ``dims``."""
+    from .. import inputs
+    from ..errors import OnnxSlimError
+
+    try:
+        sample = inputs.random_samples(model, 1, 0, dims)[0]
+    except OnnxSlimError:
+        return {}
+    return stats._measured_shapes(model, concrete, sample)
