@@ -97,6 +97,12 @@ class ChannelAnalysis(Walk):
                 if all(n is not node for n in groups[g].nodes):
                     groups[g].nodes.append(node)
 
+        for a, b, scale, reason in self.counts:
+            ca, na = np.unique(comp[a], return_counts=True)
+            cb, nb = np.unique(comp[b], return_counts=True)
+            if not np.array_equal(ca, cb) or any(int(x) * scale != int(y) for x, y in zip(na, nb)):
+                self.freeze(a, reason)
+                self.freeze(b, reason)
         reasons: dict[int, list[str]] = {}
         for atoms, reason in self.table.frozen:
             for g in np.unique(group_of[comp[atoms]]):

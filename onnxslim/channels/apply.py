@@ -83,14 +83,21 @@ def apply(analysis: ChannelAnalysis, keep: Mapping[ChannelGroup, np.ndarray | Se
             src, index, reader = edit.extra["source"], edit.extra["index"], edit.extra["consumer"]
             scale = edit.extra.get("scale", 1)  # an entry that counts several channels per slot
             _queue(writes, src, reader, {index: counts[0] * scale})
+        elif edit.kind == "piece":  # a computed one-entry Concat input becomes the kept count
+            concat, index = edit.extra["concat"], edit.extra["index"]
+            old = concat.inputs[index]
+            dtype = old.dtype.numpy() if old.dtype is not None else np.int64
+            concat.replace_input_with(index, add_initializer(concat.graph, f"{concat.name or 'shape'}_{index}_pruned", np.array([counts[0]], dtype)))
+            if old.producer() is not None:
+                remove_dead([old.producer()])
         elif edit.kind == "split":
             _write_split(edit.node, counts)
         elif edit.kind == "slice":
             mask = kept(edit.atoms[0])
             lo = int(mask[: edit.extra["lo"]].sum())
             hi = lo + int(mask[edit.extra["lo"] : edit.extra["hi"]].sum())
-            _queue(writes, edit.node.inputs[1], edit.node, {edit.extra["j"]: lo})
-            _queue(writes, edit.node.inputs[2], edit.node, {edit.extra["j"]: hi})
+            for which, source, index, reader in edit.extra["rewrite"]:
+                _queue(writes, source, reader, {index: lo if which == "lo" else hi})
         elif edit.kind == "concat" and edit.node.outputs[0] not in empty:
             _set_inputs(edit.node, [v for v in edit.node.inputs if v not in empty])
     _flush(writes)

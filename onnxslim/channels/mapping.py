@@ -8,6 +8,7 @@ groups of a grouped Conv) and says which atoms must go together.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -46,33 +47,55 @@ def same_slot_in_every_block(atoms: np.ndarray, n_blocks: int, union: Union) -> 
     return blocks[0]
 
 
+@dataclasses.dataclass(frozen=True)
+class Product:
+    """A dim as coefficient × symbols (``4*batch``): enough to pair merged runs of axes."""
+
+    coef: int
+    symbols: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, dim) -> Product | None:
+        if isinstance(dim, Product):
+            return dim
+        if isinstance(dim, int):
+            return cls(dim)
+        return cls(1, (dim,)) if isinstance(dim, str) else None
+
+    def __mul__(self, other: Product) -> Product:
+        return Product(self.coef * other.coef, tuple(sorted(self.symbols + other.symbols)))
+
+    def divides(self, other: Product) -> bool:
+        rest = list(other.symbols)
+        for s in self.symbols:
+            if s not in rest:
+                return False
+            rest.remove(s)
+        return self.coef != 0 and other.coef % self.coef == 0
+
+
 def align(src: Sequence[Dim], dst: Sequence[Dim]) -> list[tuple[list[int], list[int]]] | None:
-    """Pair runs of input axes with runs of output axes of equal total size."""
+    """Pair runs of input axes with runs of output axes of equal total size (symbolic dims
+    pair by name: [batch, 2, 2, 16] → [4*batch, 16])."""
     segments = []
     i = j = 0
     while i < len(src) and j < len(dst):
-        if src[i] == dst[j] and (isinstance(src[i], int) or src[i] is not None):
-            segments.append(([i], [j]))
-            i, j = i + 1, j + 1
-            continue
-        if not isinstance(src[i], int) or not isinstance(dst[j], int):
+        pa, pb = Product.of(src[i]), Product.of(dst[j])
+        if pa is None or pb is None:
             return None
         a, b = [i], [j]
-        pa, pb = src[i], dst[j]
         i, j = i + 1, j + 1
         while pa != pb:
-            if pa < pb:
-                if i >= len(src) or not isinstance(src[i], int):
-                    return None
-                pa *= src[i]
+            if pa.divides(pb) and i < len(src) and Product.of(src[i]) is not None:
+                pa = pa * Product.of(src[i])
                 a.append(i)
                 i += 1
-            else:
-                if j >= len(dst) or not isinstance(dst[j], int):
-                    return None
-                pb *= dst[j]
+            elif pb.divides(pa) and j < len(dst) and Product.of(dst[j]) is not None:
+                pb = pb * Product.of(dst[j])
                 b.append(j)
                 j += 1
+            else:
+                return None
         segments.append((a, b))
     while i < len(src) and src[i] == 1:
         segments.append(([i], []))

@@ -16,11 +16,12 @@ import numpy as np
 import onnx_ir as ir
 
 from ..constants import constant
+from .mapping import Product
 
 if TYPE_CHECKING:
     from .walk import Walk
 
-Dim = int | str | None
+Dim = int | str | Product | None
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -30,9 +31,11 @@ class Entry:
     value: ir.Value | None = None  # literal: the constant that holds it ...
     index: int | None = None  # ... at this flat index ...
     reader: ir.Node | None = None  # ... read by this node
-    source: ir.Value | None = None  # dim: Shape(source)[axis] * scale
+    source: ir.Value | None = None  # dim: Shape(source)[axis] * scale + offset
     axis: int | None = None
     scale: Fraction = Fraction(1)
+    offset: Fraction = Fraction(0)
+    piece: tuple[ir.Node, int] | None = None  # a one-entry input of a Concat: (Concat, input index)
 
     @property
     def is_copy(self) -> bool:
@@ -82,7 +85,9 @@ def _from_node(w: Walk, node: ir.Node, depth: int) -> list[Entry] | None:
         return sub(0)
     if op == "Concat":
         parts = [entries(w, v, node, depth + 1) for v in node.inputs]
-        return None if any(p is None for p in parts) else [e for p in parts for e in p]
+        if any(p is None for p in parts):
+            return None
+        return [dataclasses.replace(p[0], piece=(node, i)) if len(p) == 1 else e for i, p in enumerate(parts) for e in p]
     if op == "Gather" and _attr(node, "axis", 0) == 0:
         data, idx = sub(0), constant(node.inputs[1])
         if data is None or idx is None:
@@ -96,7 +101,7 @@ def _from_node(w: Walk, node: ir.Node, depth: int) -> list[Entry] | None:
         starts, ends = (int(b.numpy().reshape(-1)[0]) for b in bounds[:2])
         step = int(bounds[3].numpy().reshape(-1)[0]) if len(bounds) > 3 and bounds[3] is not None else 1
         return [_fixed(e) for e in data[slice(starts, ends, step)]]
-    if op in ("Mul", "Div") and len(node.inputs) == 2:
+    if op in ("Mul", "Div", "Add", "Sub") and len(node.inputs) == 2:
         a, b = sub(0), sub(1)
         if a is None or b is None:
             return None
@@ -113,16 +118,33 @@ def _fixed(entry: Entry) -> Entry:
 
 
 def _arith(op: str, a: Entry, b: Entry) -> Entry:
+    """Integer arithmetic on entries; a dim stays a dim under an affine map. A Div's floor is
+    dropped when the offset it leaves is below 1 (``(C + 1) // 2`` of an even C): the
+    channel-count constraints then require exact division (see ``Walk.same_count``)."""
     nums = [e.number if e.kind in ("literal", "fixed") else None for e in (a, b)]
     if None not in nums:
         x, y = nums
-        return Entry("fixed", x * y if op == "Mul" else (x // y if y else 0))
-    if a.kind == "dim" and nums[1]:
-        scale = a.scale * nums[1] if op == "Mul" else a.scale / nums[1]
-        return Entry("dim", source=a.source, axis=a.axis, scale=scale)
-    if b.kind == "dim" and nums[0] and op == "Mul":
-        return Entry("dim", source=b.source, axis=b.axis, scale=b.scale * nums[0])
-    return _UNKNOWN
+        value = {"Mul": x * y, "Div": x // y if y else 0, "Add": x + y, "Sub": x - y}[op]
+        return Entry("fixed", value)
+    if op in ("Mul", "Add") and a.kind != "dim":
+        a, b, nums = b, a, nums[::-1]
+    if a.kind != "dim" or nums[1] is None:
+        return _UNKNOWN
+    c = nums[1]
+    scale, offset = a.scale, a.offset
+    if op == "Mul":
+        scale, offset = scale * c, offset * c
+    elif op == "Add":
+        offset += c
+    elif op == "Sub":
+        offset -= c
+    elif c:
+        scale, offset = scale / c, offset / c
+        if 0 <= offset < 1:
+            offset = Fraction(0)
+    else:
+        return _UNKNOWN
+    return Entry("dim", source=a.source, axis=a.axis, scale=scale, offset=offset)
 
 
 def _attr(node: ir.Node, name: str, default: int) -> int:
@@ -138,9 +160,9 @@ def resolved(w: Walk, entry: Entry) -> Dim:
         shape = w.shape(entry.source)
         dim = shape[entry.axis] if shape is not None and entry.axis < len(shape) else None
         if isinstance(dim, int):
-            value = dim * entry.scale
+            value = dim * entry.scale + entry.offset
             return int(value) if value.denominator == 1 else None
-        return dim if entry.scale == 1 else None
+        return dim if entry.scale == 1 and entry.offset == 0 else None
     return None
 
 
@@ -179,4 +201,4 @@ def _rest(src: list[Dim], others: list[Dim]) -> Dim:
         return None
     if not symbols:
         return num // den
-    return symbols[0] if len(symbols) == 1 and num == den else None
+    return symbols[0] if len(symbols) == 1 and num == den else Product(num // den, tuple(sorted(symbols)))

@@ -62,6 +62,7 @@ class Walk:
         self._tracked_nodes: list[tuple[ir.Node, np.ndarray]] = []
         self.layers: list[tuple[ir.Node, list[np.ndarray]]] = []  # MAC ops and the atoms they scale with
         self._uniform: dict[int, bool] = {}
+        self.counts: list[tuple[np.ndarray, np.ndarray, object, str]] = []  # see same_count
         self._filled = False  # symbolic shape inference run
 
     # ---- atoms ---------------------------------------------------------------------
@@ -82,6 +83,11 @@ class Walk:
     def freeze_inputs(self, node: ir.Node, reason: str) -> None:
         for inp in node.inputs:
             self.freeze_value(inp, f"{reason} ({label(node)})")
+
+    def same_count(self, a: np.ndarray, b: np.ndarray, scale, reason: str) -> None:
+        """Whatever is kept, ``kept(a) * scale == kept(b)`` must hold (a shape entry read at
+        run time from ``a``'s axis sizes ``b``); checked once the components are known."""
+        self.counts.append((a, b, scale, reason))
 
     def edit(self, edit: Edit) -> None:
         self._edits.append(edit)

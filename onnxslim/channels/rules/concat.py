@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import onnx_ir as ir
 
-from ..walk import Edit, Walk, attr_int, attr_ints, ints, label
+from ..mapping import same_slot_in_every_block
+from ..shape_entries import entries, resolved
+from ..walk import Edit, Walk, attr_int, attr_ints, input_at, ints, label
 from . import rule
 
 
@@ -87,31 +89,48 @@ def split(w: Walk, node: ir.Node) -> None:
 
 @rule("Slice")
 def slice_(w: Walk, node: ir.Node) -> None:
+    """Slice on a channel axis: its bounds may be literals (rewritten to kept counts) or read
+    at run time from a channel count (chunk: ``(C + 1) // 2``; the counts must then agree)."""
     axes = w.tracked(node.inputs[0])
     if not axes:
         return
     rank = w.rank(node.inputs[0])
-    starts, ends = ints(node.inputs[1]), ints(node.inputs[2])
-    sl_axes = ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
-    steps = ints(node.inputs[4]) if len(node.inputs) > 4 and node.inputs[4] is not None else None
-    if starts is None or ends is None or rank is None:
-        touched = set(axes) if sl_axes is None or rank is None else {a % rank for a in sl_axes} & set(axes)
-        if touched or sl_axes is None:
-            w.freeze_inputs(node, "Slice with computed bounds")
-            return
-        w.set(node.outputs[0], axes, node)
+    starts, ends = entries(w, node.inputs[1], node), entries(w, node.inputs[2], node)
+    sl_axes = ints(input_at(node, 3)) if input_at(node, 3) is not None else None
+    steps = ints(input_at(node, 4)) if input_at(node, 4) is not None else None
+    if starts is None or ends is None or rank is None or (sl_axes is None and input_at(node, 3) is not None):
+        w.freeze_inputs(node, "Slice with computed bounds")
         return
     sl_axes = [a % rank for a in (sl_axes if sl_axes is not None else range(len(starts)))]
     out = dict(axes)
     for j, a in enumerate(sl_axes):
         if a not in axes:
             continue
-        if steps is not None and steps[j] != 1:
+        if steps is None and input_at(node, 4) is not None or steps is not None and steps[j] != 1:
             w.freeze_inputs(node, "strided Slice on channels")
             return
         n = len(axes[a])
-        lo, hi, _ = slice(starts[j], ends[j]).indices(n)
+        bounds = [resolved(w, starts[j]), resolved(w, ends[j])]
+        if not all(isinstance(b, int) for b in bounds):
+            w.freeze_inputs(node, "Slice with computed bounds")
+            return
+        lo, hi, _ = slice(*bounds).indices(n)
         hi = max(hi, lo)
         out[a] = axes[a][lo:hi]
-        w.edit(Edit("slice", node, [axes[a]], {"j": j, "lo": lo, "hi": hi}))
+        rewrite = []
+        for which, entry, bound, value in (("lo", starts[j], lo, bounds[0]), ("hi", ends[j], hi, bounds[1])):
+            if entry.kind == "literal":
+                rewrite.append((which, entry.value, entry.index, entry.reader))
+            elif entry.kind == "dim" and entry.offset == 0 and entry.axis in w.tracked(entry.source):
+                source = w.tracked(entry.source)[entry.axis]
+                parts = 1 / entry.scale
+                if source is axes[a] and parts.denominator == 1 and n % int(parts) == 0 and bound % (n // int(parts)) == 0:
+                    # chunk(k) of this very axis: every chunk keeps the same slots, so counts agree
+                    same_slot_in_every_block(axes[a], int(parts), w.union)
+                reason = f"Slice bound read from another channel count at node {node.name}"
+                w.same_count(w.tracked(entry.source)[entry.axis], axes[a][:bound], entry.scale, reason)
+            elif not (which == "lo" and value == 0 or which == "hi" and value >= n and entry.kind == "fixed"):
+                w.freeze_inputs(node, "Slice with computed bounds")
+                return
+        w.edit(Edit("slice", node, [axes[a]], {"lo": lo, "hi": hi, "rewrite": rewrite}))
     w.set(node.outputs[0], out, node)

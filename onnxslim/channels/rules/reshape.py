@@ -132,10 +132,17 @@ def reshape(w: Walk, node: ir.Node) -> None:
             result[split[0]] = atoms
         elif len(split) == 2 and _shuffled(node, *split):  # channel shuffle: same slot in every group
             result[split[1]] = same_slot_in_every_block(atoms, dst[split[0]], w.union)
-        else:  # heads: whole blocks of the outermost axis go together
+        elif len(split) == 2:  # heads: whole blocks of the outer axis go together
             outer = split[0]
-            result[outer] = outer_blocks(atoms, int(np.prod([d for o, d in zip(out_axes, dims) if o <= outer])), w.union)
+            result[outer] = outer_blocks(atoms, dst[outer], w.union)
             w.head_atoms.append(result[outer])
+        elif len(split) == 3:  # [3, heads, head_dim] (one qkv projection): the same heads in q, k and v
+            qkv, heads = split[0], split[1]
+            result[heads] = outer_blocks(same_slot_in_every_block(atoms, dst[qkv], w.union), dst[heads], w.union)
+            w.head_atoms.append(result[heads])
+        else:
+            w.freeze_inputs(node, "Reshape splitting channels into more than three axes")
+            return
     _check_entries(w, node, found, src, dst, result)
     w.set(node.outputs[0], result, node)
 
@@ -168,8 +175,14 @@ def _check_entries(w: Walk, node: ir.Node, found, src, dst, result) -> None:
                 w.freeze(atoms, f"Reshape copying a changed axis at node {node.name}")
         elif entry.kind == "literal" and entry.number == len(atoms):
             w.edit(Edit("shape", node, [atoms], {"source": entry.value, "index": entry.index, "consumer": entry.reader}))
-        elif entry.kind == "dim" and entry.scale == 1 and len(w.tracked(entry.source).get(entry.axis, ())) == len(atoms):
-            w.union(w.tracked(entry.source)[entry.axis], atoms)  # read at run time: equal counts
+        elif entry.piece is not None and resolved(w, entry) == len(atoms):
+            # a computed entry alone in its Concat input becomes the literal kept count (timm's
+            # reshape(B, N, C) with C read from the block input: no longer the heads' width)
+            w.edit(Edit("piece", node, [atoms], {"concat": entry.piece[0], "index": entry.piece[1]}))
+        elif entry.kind == "dim" and entry.offset == 0 and entry.axis in w.tracked(entry.source):
+            # read at run time from another channel axis: its kept count must give this one's
+            reason = f"Reshape entry {j} read from another channel count at node {node.name}"
+            w.same_count(w.tracked(entry.source)[entry.axis], atoms, entry.scale, reason)
         else:
             w.freeze(atoms, f"Reshape with a fixed channel count at node {node.name}")
 
@@ -196,8 +209,9 @@ def expand(w: Walk, node: ir.Node) -> None:
             pass
         elif entry.kind == "literal" and size == len(atoms):
             w.edit(Edit("shape", node, [atoms], {"source": entry.value, "index": entry.index, "consumer": entry.reader}))
-        elif entry.kind == "dim" and entry.scale == 1 and len(w.tracked(entry.source).get(entry.axis, ())) == len(atoms):
-            w.union(w.tracked(entry.source)[entry.axis], atoms)
+        elif entry.kind == "dim" and entry.offset == 0 and entry.axis in w.tracked(entry.source):
+            reason = f"Expand entry {j} read from another channel count at node {node.name}"
+            w.same_count(w.tracked(entry.source)[entry.axis], atoms, entry.scale, reason)
         else:
             w.freeze_inputs(node, "Expand broadcasting a channel axis")
             return

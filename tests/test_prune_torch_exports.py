@@ -1,0 +1,222 @@
+"""``prune`` on architectures exported by ``torch.onnx.export`` (fixtures/torch_models.py):
+attention heads behind computed shapes, grouped convs, dense concatenation, channel shuffle,
+LayerScale, and a BERT-base-shaped encoder from ``transformers`` (12 layers, 12 heads).
+
+Exactness: the pruned model must give what the original gives with the removed channels'
+producer slices zeroed (filters, biases, BN parameters, per-channel constants), to 1e-5."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+
+from onnxslim import channels, model_io, runtime, stats
+from onnxslim.pass_api import PassContext
+from onnxslim.passes.prune import Prune
+
+TORCH = Path(__file__).resolve().parent.parent / "fixtures" / "models" / "torch"
+
+#: name -> (groups pruned at ratio 0.3, frozen groups and the reason each stays whole)
+EXPECTED = {
+    # heads and FFN of both blocks; residual stream (LayerNorm) and the graph output stay
+    "vit_heads": ({"heads": 2, "linear": 2}, {"residual stream", "graph output"}),
+    # nn.MultiheadAttention's export folds heads into the batch axis ([N, B*heads, head_dim]),
+    # which a per-axis channel map cannot follow: its heads stay whole, FFNs prune
+    "vit_mha": ({"linear": 2}, {"residual stream", "graph output", "Reshape"}),
+    # the window-reverse Reshape ([4·batch, 16, C] → [batch, 2, 2, 4, 4, C]) is not followed, so
+    # the attention projection's output (the residual width, frozen anyway) stays whole
+    "swin": ({"heads": 2, "linear": 2}, {"residual stream", "graph output", "Reshape that cannot be aligned"}),
+    "resnext": ({"conv": 9}, {"graph output"}),
+    "regnet": ({"conv": 8}, {"graph output"}),
+    "densenet": ({"conv": 18}, {"graph output"}),
+    "shufflenet": ({"conv": 6}, {"graph output"}),
+    "convnext": ({"linear": 2}, {"residual stream", "graph output"}),
+    "bert": ({"heads": 12, "linear": 12}, {"graph output"}),
+}
+
+
+def feeds_for(proto: onnx.ModelProto, batch: int = 2, seq: int = 11, seed: int = 0) -> dict[str, np.ndarray]:
+    rng = np.random.default_rng(seed)
+    feeds = {}
+    for vi in proto.graph.input:
+        dims = [d.dim_value or (batch if i == 0 else seq) for i, d in enumerate(vi.type.tensor_type.shape.dim)]
+        if vi.type.tensor_type.elem_type == onnx.TensorProto.INT64:
+            feeds[vi.name] = rng.integers(0, 500, dims) if vi.name == "input_ids" else np.ones(dims, np.int64)
+            if vi.name == "attention_mask":
+                feeds[vi.name][:, -3:] = 0  # padding: the mask path must survive pruning
+        else:
+            feeds[vi.name] = rng.normal(size=dims).astype(np.float32)
+    return feeds
+
+
+def run(model, feeds, level: str = "disabled"):
+    with runtime.session(model, level) as sess:
+        return runtime.run(sess, feeds)
+
+
+def zeroed(proto: onnx.ModelProto, removed: dict[str, list[int]]) -> onnx.ModelProto:
+    """The original with every producer slice of the removed slots zeroed (divisors and
+    variances set to 1), found by analysing it again."""
+    model = model_io.load(proto)
+    analysis = channels.analyze(model)
+    seen = set()
+    for group in analysis.groups:
+        if group.name not in removed:
+            continue
+        seen.add(group.name)
+        for member in group.producers:
+            arr = member.tensor.numpy().copy()
+            index = [slice(None)] * arr.ndim
+            index[member.axis] = member.positions[np.isin(member.slots, removed[group.name])]
+            arr[tuple(index)] = 1 if member.role in ("divisor", "bn_var") else 0
+            member.tensor.replace(arr)
+    assert seen == set(removed)
+    return model_io.to_proto(model)
+
+
+@pytest.fixture(scope="module", params=sorted(EXPECTED))
+def pruned(request):
+    name = request.param
+    proto = onnx.load(TORCH / f"{name}.onnx")
+    model = model_io.load(proto)
+    result = Prune(ratio=0.3, criterion="l2").run(model, PassContext())
+    return name, proto, model, result
+
+
+def test_every_block_prunes_and_frozen_groups_say_why(pruned):
+    name, _, _, result = pruned
+    kinds, reasons = EXPECTED[name]
+    got: dict[str, int] = {}
+    for entry in result.details["pruned"]:
+        got[entry["kind"]] = got.get(entry["kind"], 0) + 1
+        assert entry["after"] < entry["before"]
+    assert got == kinds
+    # every frozen group is frozen for an expected reason (its first one may be another)
+    analysis = channels.analyze(model_io.load(onnx.load(TORCH / f"{name}.onnx")))
+    for frozen in analysis.frozen:
+        assert any(key in r for r in frozen.reasons for key in reasons), frozen.reasons
+    assert all(any(key in r for f in analysis.frozen for r in f.reasons) for key in reasons)
+
+
+def test_pruned_model_is_exact_checked_and_loads_at_every_level(pruned):
+    name, proto, model, result = pruned
+    out = model_io.to_proto(model)
+    onnx.checker.check_model(out, full_check=True)
+    for init in out.graph.initializer:
+        assert 0 not in init.dims, f"{init.name} lost every channel"
+    feeds = feeds_for(proto)
+    removed = {e["group"]: e["removed"] for e in result.details["pruned"]}
+    reference = run(zeroed(proto, removed), feeds)
+    got = run(out, feeds)
+    for key in reference:
+        assert got[key].shape == reference[key].shape
+        np.testing.assert_allclose(got[key], reference[key], atol=1e-5, rtol=0)
+    data = out.SerializeToString()
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, ort.GraphOptimizationLevel.ORT_ENABLE_EXTENDED, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level
+        sess = ort.InferenceSession(data, opts, providers=["CPUExecutionProvider"])
+        outputs = sess.run(None, feeds)
+        np.testing.assert_allclose(outputs[0], got[proto.graph.output[0].name], atol=1e-4, rtol=1e-4)
+
+
+def _bert_macs(layers: int, hidden: int, heads: int, head_dim: int, ffn: list[int], kept_heads: list[int], seq: int) -> int:
+    """MACs of the BERT encoder at batch 1 from its dimensions (not from the graph)."""
+    total = hidden * hidden  # pooler
+    for layer in range(layers):
+        inner = kept_heads[layer] * head_dim
+        total += 3 * seq * hidden * inner  # q, k, v
+        total += 2 * kept_heads[layer] * seq * seq * head_dim  # scores and weighted values
+        total += seq * inner * hidden  # attention output
+        total += 2 * seq * hidden * ffn[layer]  # FFN in and out
+    return total
+
+
+def test_bert_prunes_every_layer_and_macs_fall_as_computed():
+    from fixtures.torch_models import BERT  # the dimensions the fixture was built with
+
+    proto = onnx.load(TORCH / "bert.onnx")
+    model = model_io.load(proto)
+    shapes = {"input_ids": [1, 128], "attention_mask": [1, 128]}
+    result = Prune(ratio=0.3, criterion="l2").run(model, PassContext(input_shapes=shapes))
+    pruned = result.details["pruned"]
+    heads = [e for e in pruned if e["kind"] == "heads"]
+    ffn = [e for e in pruned if e["kind"] == "linear"]
+    assert len(heads) == 12 and len(ffn) == 12
+    layers = sorted({e["group"].split("/")[3] for e in heads}) == sorted({f"layer.{i}" for i in range(12)})
+    assert layers
+    assert all(e["before"] == 12 and e["after"] == 9 for e in heads)
+    assert all(e["before"] == 192 and e["after"] == 135 for e in ffn)
+    head_dim = BERT["hidden"] // BERT["heads"]
+    before = _bert_macs(12, BERT["hidden"], 12, head_dim, [192] * 12, [12] * 12, 128)
+    after = _bert_macs(12, BERT["hidden"], 12, head_dim, [135] * 12, [9] * 12, 128)
+    predicted = result.details["predicted"]
+    assert predicted["macs_unresolved"] == 0
+    assert (predicted["macs_before"], predicted["macs_after"]) == (before, after)
+    feeds = {k: np.ones(v, np.int64) for k, v in shapes.items()}
+    measured_before = stats.compute(model_io.load(proto), shapes, feeds)
+    measured_after = stats.compute(model, shapes, feeds)
+    assert (measured_before.macs, measured_after.macs) == (before, after)
+    assert measured_before.macs_unresolved == measured_after.macs_unresolved == 0
+
+
+def test_exporter_deduplicated_zero_biases_do_not_couple_layers():
+    """The export shares one zero bias among layers (read through Identity); each layer's
+    FFN is still its own group, and after pruning every reader has its own slice."""
+    proto = onnx.load(TORCH / "bert.onnx")
+    identities = [n for n in proto.graph.node if n.op_type == "Identity"]
+    assert len(identities) > 12  # the de-duplication is there, as in a real export
+    analysis = channels.analyze(model_io.load(proto))
+    ffn = [g for g in analysis.groups if g.kind == "linear"]
+    assert len(ffn) == 12 and len({g.name for g in ffn}) == 12
+
+
+def test_truly_shared_weights_still_couple():
+    """A non-uniform weight read by two layers (tied) keeps them in one group."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = numpy_helper.from_array(rng.normal(size=(8, 16)).astype(np.float32), "w")
+    zero = numpy_helper.from_array(np.zeros(16, np.float32), "zero")
+    w2 = numpy_helper.from_array(rng.normal(size=(16, 4)).astype(np.float32), "w2")
+    nodes = [
+        helper.make_node("MatMul", ["x", "w"], ["a"], name="fc_a"),
+        helper.make_node("Add", ["a", "zero"], ["a1"], name="bias_a"),
+        helper.make_node("Relu", ["a1"], ["a2"], name="relu_a"),
+        helper.make_node("MatMul", ["y", "w"], ["b"], name="fc_b"),
+        helper.make_node("Add", ["b", "zero"], ["b1"], name="bias_b"),
+        helper.make_node("Relu", ["b1"], ["b2"], name="relu_b"),
+        helper.make_node("MatMul", ["a2", "w2"], ["oa"], name="out_a"),
+        helper.make_node("MatMul", ["b2", "w2b"], ["ob"], name="out_b"),
+    ]
+    w2b = numpy_helper.from_array(rng.normal(size=(16, 4)).astype(np.float32), "w2b")
+    graph = helper.make_graph(
+        nodes, "g",
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", 8]) for n in ("x", "y")],
+        [helper.make_tensor_value_info(n, onnx.TensorProto.FLOAT, ["N", 4]) for n in ("oa", "ob")],
+        [w, zero, w2, w2b],
+    )  # fmt: skip
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+    groups = channels.analyze(model_io.load(proto)).groups
+    assert len(groups) == 1  # the tied weight couples both branches; the zero bias alone would not
+    # with untied weights the shared zero bias no longer couples them
+    w_b = numpy_helper.from_array(rng.normal(size=(8, 16)).astype(np.float32), "w_b")
+    proto.graph.initializer.append(w_b)
+    proto.graph.node[3].input[1] = "w_b"
+    model = model_io.load(proto)
+    analysis = channels.analyze(model)
+    assert len(analysis.groups) == 2
+    feeds = {"x": rng.normal(size=(3, 8)).astype(np.float32), "y": rng.normal(size=(3, 8)).astype(np.float32)}
+    before = run(proto, feeds)
+    keep = {g: np.arange(g.size) for g in analysis.groups}
+    keep[analysis.groups[0]] = np.arange(10)  # one branch loses 6 channels, the other none
+    analysis.apply(keep)
+    after = run(model, feeds)
+    out = model_io.to_proto(model)
+    sizes = sorted(tuple(i.dims) for i in out.graph.initializer if i.name.startswith("zero"))
+    assert sizes == [(10,), (16,)]
+    np.testing.assert_allclose(after["ob"], before["ob"], atol=1e-6)
