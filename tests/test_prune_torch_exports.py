@@ -74,6 +74,8 @@ def zeroed(proto: onnx.ModelProto, removed: dict[str, list[int]]) -> onnx.ModelP
             index[member.axis] = member.positions[np.isin(member.slots, removed[group.name])]
             arr[tuple(index)] = 1 if member.role in ("divisor", "bn_var") else 0
             member.tensor.replace(arr)
+            if member.tensor.value.dtype is None:  # an untyped Identity view: no shape to write
+                member.tensor.value.shape = None
     assert seen == set(removed)
     return model_io.to_proto(model)
 
@@ -220,3 +222,52 @@ def test_truly_shared_weights_still_couple():
     sizes = sorted(tuple(i.dims) for i in out.graph.initializer if i.name.startswith("zero"))
     assert sizes == [(10,), (16,)]
     np.testing.assert_allclose(after["ob"], before["ob"], atol=1e-6)
+
+
+@pytest.mark.parametrize("per_channel", [True, False])
+def test_qdq_quantized_export_prunes_weight_scale_and_zero_point_together(tmp_path, per_channel):
+    """onnxruntime's quantize_static (QDQ, INT8 weights per channel or per tensor): the INT8
+    weights, their scales and zero points are sliced together; activations' Q/DQ pass through."""
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+
+    src = TORCH / "vit_heads.onnx"
+    feeds = feeds_for(onnx.load(src), batch=1)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.samples = iter([feeds_for(onnx.load(src), batch=1, seed=s) for s in range(3)])
+
+        def get_next(self):
+            return next(self.samples, None)
+
+    path = tmp_path / "q.onnx"
+    quantize_static(str(src), str(path), Reader(), quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                    weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul", "Gemm"])
+    proto = onnx.load(path)
+    model = model_io.load(proto)
+    result = Prune(ratio=0.3, criterion="l2").run(model, PassContext())
+    kinds = sorted(e["kind"] for e in result.details["pruned"])
+    assert kinds == ["heads", "heads", "linear", "linear"]
+    out = model_io.to_proto(model)
+    onnx.checker.check_model(out)
+
+    def int8_weights(p):
+        return {i.name: int(np.prod(i.dims)) for i in p.graph.initializer if i.data_type == onnx.TensorProto.INT8}
+
+    before, after = int8_weights(proto), int8_weights(out)
+    assert sum(after.values()) < 0.8 * sum(before.values())  # the file stays INT8, smaller
+    # reference: the removed channels' INT8 filters (zero point 0) and biases zeroed
+    ref = model_io.load(proto)
+    analysis = channels.analyze(ref)
+    removed = {e["group"]: e["removed"] for e in result.details["pruned"]}
+    for group in analysis.groups:
+        for member in group.producers if group.name in removed else ():
+            if member.role in ("q_scale", "q_zero_point"):
+                continue
+            stored = member.tensor._parts[0]  # the INT8 tensor for dequantized storage
+            arr = stored.numpy().copy()
+            index = [slice(None)] * arr.ndim
+            index[member.axis] = member.positions[np.isin(member.slots, removed[group.name])]
+            arr[tuple(index)] = 0
+            stored.write(arr)
+    np.testing.assert_allclose(run(out, feeds)["logits"], run(ref, feeds)["logits"], atol=1e-5, rtol=0)

@@ -17,7 +17,8 @@ class Member:
     ``positions[i]`` is an index along ``axis`` of ``tensor``; ``slots[i]`` the group channel it
     carries. ``role`` says what the slice is: "weight", "bias", "bn_scale", "bn_bias",
     "bn_mean", "bn_var", "scale" (per-channel Mul), "shift" (Add/Sub), "divisor" (Div),
-    "slope" (PRelu), "ln_scale", "ln_bias", "param" (other element-wise constants).
+    "slope" (PRelu), "ln_scale", "ln_bias", "q_scale", "q_zero_point" (per-channel quantization of
+    an activation), "param" (other element-wise constants).
     """
 
     tensor: ConstantTensor

@@ -19,4 +19,4 @@ def rule(*op_types: str) -> Callable[[Callable], Callable]:
     return register
 
 
-from . import concat, control, conv, elementwise, linear, norm, reduce, reshape  # noqa: E402,F401  (registers the rules)
+from . import concat, control, conv, elementwise, linear, norm, quant, reduce, reshape  # noqa: E402,F401  (registers the rules)
