@@ -271,3 +271,55 @@ def test_qdq_quantized_export_prunes_weight_scale_and_zero_point_together(tmp_pa
             arr[tuple(index)] = 0
             stored.write(arr)
     np.testing.assert_allclose(run(out, feeds)["logits"], run(ref, feeds)["logits"], atol=1e-5, rtol=0)
+
+
+def _joined_convs(extra_reader: bool) -> onnx.ModelProto:
+    """convs a and b (4 channels each) concatenated and added to conv c (8): one group of 8
+    slots made by three layers; with ``extra_reader`` conv e also reads a's output."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    w = {n: rng.normal(size=s).astype(np.float32) for n, s in
+         {"wa": (4, 3, 1, 1), "wb": (4, 3, 1, 1), "wc": (8, 3, 1, 1), "wd": (5, 8, 1, 1), "we": (5, 4, 1, 1)}.items()}
+    nodes = [
+        helper.make_node("Conv", ["x", "wa"], ["a"], name="a"),
+        helper.make_node("Conv", ["x", "wb"], ["b"], name="b"),
+        helper.make_node("Conv", ["x", "wc"], ["c"], name="c"),
+        helper.make_node("Concat", ["a", "b"], ["ab"], name="cat", axis=1),
+        helper.make_node("Add", ["ab", "c"], ["s"], name="add"),
+        helper.make_node("Relu", ["s"], ["r"], name="relu"),
+        helper.make_node("Conv", ["r", "wd"], ["y"], name="d"),
+    ]
+    outputs = [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, ["N", 5, 4, 4])]
+    if extra_reader:
+        nodes.append(helper.make_node("Conv", ["a", "we"], ["z"], name="e"))
+        outputs.append(helper.make_tensor_value_info("z", onnx.TensorProto.FLOAT, ["N", 5, 4, 4]))
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 4, 4])], outputs,
+                              [numpy_helper.from_array(v, k) for k, v in w.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+
+@pytest.mark.parametrize("extra_reader", [False, True])
+def test_a_layer_emptied_inside_a_group_leaves_or_keeps_one_channel(extra_reader):
+    proto = _joined_convs(extra_reader)
+    model = model_io.load(proto)
+    analysis = channels.analyze(model)
+    group = next(g for g in analysis.groups if g.size == 8)
+    a_slots = next(m for m in group.producers if m.node.name == "a" and m.role == "weight").slots
+    keep = np.setdiff1d(np.arange(8), a_slots)  # every channel conv a makes
+    result = analysis.apply({group: keep})
+    out = model_io.to_proto(model)
+    onnx.checker.check_model(out, full_check=True)
+    assert all(0 not in i.dims for i in out.graph.initializer)
+    names = {n.name for n in out.graph.node}
+    if extra_reader:  # a is still read by e: it keeps one channel
+        assert "a" in names and result["channels_removed"] == 3
+        assert next(i for i in out.graph.initializer if i.name == "wa").dims[0] == 1
+    else:  # a reaches the graph through the Concat alone: it leaves
+        assert "a" not in names and result["channels_removed"] == 4 and result["nodes_removed"] == 1
+        assert len(next(n for n in out.graph.node if n.name == "cat").input) == 1
+    feeds = {"x": np.random.default_rng(1).normal(size=(2, 3, 4, 4)).astype(np.float32)}
+    for level in (ort.GraphOptimizationLevel.ORT_ENABLE_BASIC, ort.GraphOptimizationLevel.ORT_ENABLE_ALL):
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = level
+        ort.InferenceSession(out.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)

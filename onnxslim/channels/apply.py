@@ -29,8 +29,6 @@ def apply(analysis: ChannelAnalysis, keep: Mapping[ChannelGroup, np.ndarray | Se
     if a._applied:
         raise RuntimeError("this channel analysis was already applied; analyse the model again")
     removed = np.zeros(len(a._slot_of_comp), dtype=bool)
-    groups_changed = 0
-    total = 0
     emptied = []
     for group, slots in keep.items():
         if group.id in a._frozen_ids or a._all_groups[group.id] is not group:
@@ -42,17 +40,27 @@ def apply(analysis: ChannelAnalysis, keep: Mapping[ChannelGroup, np.ndarray | Se
             emptied.append(group)
         gone = np.ones(group.size, dtype=bool)
         gone[slots] = False
-        if gone.any():
-            groups_changed += 1
-            total += int(gone.sum())
         comps = np.flatnonzero(a._group_of_comp == group.id)
         removed[comps[gone[a._slot_of_comp[comps]]]] = True
-    empty = left_empty(a, removed) if emptied else set()
-    if empty is None:
+    empty = left_empty(a, removed)
+    if empty is None and emptied:
         raise ValueError(
             f"group {emptied[0].name!r}: keep must name 1..{emptied[0].size} slots in range "
             "(none only where the channels reach the rest of the graph through Concat inputs alone)"
         )
+    if empty is None:
+        # A group of several layers (joined by a Concat and an Add) can lose every channel of
+        # one layer; where that layer's output cannot leave (it reaches more than Concats),
+        # it keeps its first channel rather than become a 0-channel Conv.
+        for axes in a._axes.values():
+            for atoms in axes.values():
+                if len(atoms) and removed[a._comp[atoms]].all():
+                    removed[a._comp[atoms[0]]] = False
+        empty = left_empty(a, removed) or set()
+    # Values left with no channel feed only Concats (which drop them) and dead code: the
+    # producers go, with the weights only they read.
+    groups_changed = len(np.unique(a._group_of_comp[removed]))
+    total = int(removed.sum())
     a._applied = True
     if not removed.any():
         return {"groups": 0, "channels_removed": 0, "nodes_removed": 0}
