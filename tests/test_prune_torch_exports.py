@@ -323,3 +323,32 @@ def test_a_layer_emptied_inside_a_group_leaves_or_keeps_one_channel(extra_reader
         opts = ort.SessionOptions()
         opts.graph_optimization_level = level
         ort.InferenceSession(out.SerializeToString(), opts, providers=["CPUExecutionProvider"]).run(None, feeds)
+
+
+def test_grouped_conv_loses_the_same_slots_in_every_group():
+    proto = onnx.load(TORCH / "resnext.onnx")
+    model = model_io.load(proto)
+    analysis = channels.analyze(model)
+    conv2 = next(g for g in analysis.groups if g.name == "/blocks/blocks.0/conv2/conv2.0/Conv")
+    assert conv2.size == 4  # 32 channels in 8 groups: slot i is channel i of every group
+    weight = next(m for m in conv2.producers if m.role == "weight")
+    assert weight.mapping == "repeat" and np.array_equal(weight.slots, np.tile(np.arange(4), 8))
+    Prune(ratio=0.3, criterion="l2").run(model, PassContext())
+    out = model_io.to_proto(model)
+    node = next(n for n in out.graph.node if n.name == "/blocks/blocks.0/conv2/conv2.0/Conv")
+    assert next(a.i for a in node.attribute if a.name == "group") == 8
+    w = next(i for i in out.graph.initializer if i.name == node.input[1])
+    assert list(w.dims[:2]) == [24, 3]  # 8 groups × 3 kept, each reading 3 of its group's inputs
+
+
+def test_channel_shuffle_keeps_its_groups_and_prunes_through():
+    proto = onnx.load(TORCH / "shufflenet.onnx")
+    model = model_io.load(proto)
+    result = Prune(ratio=0.3, criterion="l2").run(model, PassContext())
+    assert result.details["groups_pruned"] == 6
+    out = model_io.to_proto(model)
+    # the shuffle's Reshape still splits into 2 groups of the kept width
+    inferred = onnx.shape_inference.infer_shapes(out, data_prop=True)
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
+    shuffle = next(n for n in out.graph.node if n.name == "/units/units.1/Reshape")
+    assert shapes[shuffle.output[0]][1] == 2 and 0 < shapes[shuffle.output[0]][2] < 24
