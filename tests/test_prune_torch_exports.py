@@ -19,6 +19,8 @@ from onnxslim.pass_api import PassContext
 from onnxslim.passes.prune import Prune
 
 TORCH = Path(__file__).resolve().parent.parent / "fixtures" / "models" / "torch"
+#: the dimensions fixtures/torch_models.py builds the BERT fixture with (tests never import torch)
+BERT = {"layers": 12, "heads": 12, "hidden": 48, "intermediate": 192}
 
 #: name -> (groups pruned at ratio 0.3, frozen groups and the reason each stays whole)
 EXPECTED = {
@@ -139,8 +141,6 @@ def _bert_macs(layers: int, hidden: int, heads: int, head_dim: int, ffn: list[in
 
 
 def test_bert_prunes_every_layer_and_macs_fall_as_computed():
-    from fixtures.torch_models import BERT  # the dimensions the fixture was built with
-
     proto = onnx.load(TORCH / "bert.onnx")
     model = model_io.load(proto)
     shapes = {"input_ids": [1, 128], "attention_mask": [1, 128]}

@@ -7,7 +7,6 @@ from collections.abc import Mapping, Sequence
 import numpy as np
 import onnx_ir as ir
 
-from ...constants import constant
 from ..mapping import align, merged_atoms, outer_blocks, same_slot_in_every_block
 from ..shape_entries import entries, resolved, target_shape
 from ..walk import Dim, Edit, Walk, attr_int, attr_ints, ints, label
