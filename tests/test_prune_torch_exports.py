@@ -352,3 +352,37 @@ def test_channel_shuffle_keeps_its_groups_and_prunes_through():
     shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim] for v in inferred.graph.value_info}
     shuffle = next(n for n in out.graph.node if n.name == "/units/units.1/Reshape")
     assert shapes[shuffle.output[0]][1] == 2 and 0 < shapes[shuffle.output[0]][2] < 24
+
+
+def test_pad_with_computed_spatial_pads_passes_channels():
+    """Pads built at run time (zeros for N and C, a size read from the input for H): the
+    channels pass through; a computed pad on the channel axis freezes."""
+    from onnx import helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(rng.normal(size=s).astype(np.float32), n) for n, s in (("w1", (6, 3, 1, 1)), ("w2", (4, 6, 3, 3)))]
+    inits += [numpy_helper.from_array(np.array(v, np.int64), n) for n, v in (("zeros2", [0, 0]), ("zero1", [0]), ("one", [1]), ("idx", 2))]
+
+    def model(channel_pad: bool) -> onnx.ModelProto:
+        # begins [N, C, H, W] then ends: the run-time entry pads H, or C
+        order = ["zeros2", "h1", "one"] if not channel_pad else ["zero1", "h1", "one", "one"]
+        nodes = [
+            helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"),
+            helper.make_node("Shape", ["x"], ["s"]),
+            helper.make_node("Gather", ["s", "idx"], ["h"]),
+            helper.make_node("Div", ["h", "h"], ["h0"]),
+            helper.make_node("Unsqueeze", ["h0", "zero_axis"], ["h1"]),
+            helper.make_node("Concat", order + ["zeros2", "one", "one"], ["pads"], axis=0),
+            helper.make_node("Pad", ["a", "pads"], ["p"], name="pad"),
+            helper.make_node("Conv", ["p", "w2"], ["y"], name="c2"),
+        ]
+        zero_axis = numpy_helper.from_array(np.array([0], np.int64), "zero_axis")
+        graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("x", onnx.TensorProto.FLOAT, ["N", 3, 8, 8])],
+                                  [helper.make_tensor_value_info("y", onnx.TensorProto.FLOAT, None)], inits + [zero_axis])
+        return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], ir_version=9)
+
+    analysis = channels.analyze(model_io.load(model(False)))
+    assert [g.name for g in analysis.groups] == ["c1"]
+    analysis = channels.analyze(model_io.load(model(True)))
+    assert "c1" in {f.group.name for f in analysis.frozen}
+    assert any("Pad" in f.reason for f in analysis.frozen if f.group.name == "c1")

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import onnx_ir as ir
 
+from ..shape_entries import entries, resolved
 from ..walk import Walk, attr_int, attr_ints, float_values, ints
 from . import rule
 
@@ -92,19 +93,28 @@ def resize(w: Walk, node: ir.Node) -> None:
 
 @rule("Pad")
 def pad(w: Walk, node: ir.Node) -> None:
+    """Pads on other axes pass channels through; pads may be computed (a Concat of zeros and
+    run-time sizes, as exporters write for dynamic spatial dims) if the channel axes' are 0."""
     axes = w.tracked(node.inputs[0])
     if not axes:
         return
-    pads = ints(node.inputs[1]) if len(node.inputs) > 1 else attr_ints(node, "pads")
     rank = w.rank(node.inputs[0])
+    if len(node.inputs) > 1:
+        found = entries(w, node.inputs[1], node)
+        pads = [resolved(w, e) if e.kind in ("literal", "fixed") else None for e in found] if found is not None else None
+    else:
+        pads = attr_ints(node, "pads")
     pad_axes = ints(node.inputs[3]) if len(node.inputs) > 3 and node.inputs[3] is not None else None
-    if pads is None or rank is None:
+    if pads is None or rank is None or (pad_axes is None and len(node.inputs) > 3 and node.inputs[3] is not None):
         w.freeze_inputs(node, "Pad with computed pads")
         return
     pad_axes = [a % rank for a in pad_axes] if pad_axes is not None else list(range(rank))
     n = len(pad_axes)
+    if len(pads) != 2 * n:
+        w.freeze_inputs(node, "Pad with computed pads")
+        return
     for i, a in enumerate(pad_axes):
         if a in axes and (pads[i] != 0 or pads[i + n] != 0):
-            w.freeze_inputs(node, "Pad on the channel axis")
+            w.freeze_inputs(node, "Pad on the channel axis" if None not in (pads[i], pads[i + n]) else "Pad with computed pads")
             return
     w.set(node.outputs[0], axes, node)
