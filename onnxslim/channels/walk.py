@@ -11,7 +11,7 @@ import onnx
 import onnx_ir as ir
 
 from .. import model_io, shapes
-from ..constants import ConstantTensor, constant
+from ..constants import ConstantTensor, constant, model_fingerprint
 from .atoms import AtomTable
 
 Dim = int | str | None
@@ -246,7 +246,7 @@ def fill_unknown(model: ir.Model, found: dict[str, list[Dim]]) -> None:
     """Where onnx left dims unknown (an attention mask built from Shape/ConstantOfShape/Expand),
     onnxruntime's symbolic shape inference fills them in (its own symbols kept apart)."""
     inputs = {d for dims in (found.get(v.name, ()) for v in model.graph.inputs) for d in dims if isinstance(d, str)}
-    for name, dims in _symbolic(model).items():
+    for name, dims in _symbolic_cached(model).items():
         mine = found.get(name)
         dims = [d if not isinstance(d, str) or d in inputs else f"sym:{d}" for d in dims]
         if mine is None:
@@ -260,12 +260,49 @@ def _unknown(dim: Dim) -> bool:
     return dim is None or isinstance(dim, str) and dim.startswith("unk__")
 
 
+#: symbolic shapes of the last few models analysed, by model identity and fingerprint: passes
+#: that analyse an unchanged model again (zeros, then prune) do not pay for inference twice
+_SYMBOLIC_CACHE: dict[int, tuple[tuple, dict[str, list[Dim]]]] = {}
+
+
+def _symbolic_cached(model: ir.Model) -> dict[str, list[Dim]]:
+    fingerprint = model_fingerprint(model)
+    hit = _SYMBOLIC_CACHE.get(id(model))
+    if hit is not None and hit[0] == fingerprint:
+        return hit[1]
+    found = _symbolic(model)
+    while len(_SYMBOLIC_CACHE) >= 4:
+        _SYMBOLIC_CACHE.pop(next(iter(_SYMBOLIC_CACHE)))
+    _SYMBOLIC_CACHE[id(model)] = (fingerprint, found)
+    return found
+
+
+def _symbolic_shape_inference():
+    """onnxruntime's SymbolicShapeInference, loaded from its file: the ``onnxruntime.tools``
+    package imports torch whenever torch is installed (9 s), which this does not need."""
+    global _SYMBOLIC_CLASS
+    if _SYMBOLIC_CLASS is None:
+        import importlib.util
+        import os
+
+        import onnxruntime
+
+        path = os.path.join(os.path.dirname(onnxruntime.__file__), "tools", "symbolic_shape_infer.py")
+        spec = importlib.util.spec_from_file_location("onnxslim._ort_symbolic_shape_infer", path)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        _SYMBOLIC_CLASS = module.SymbolicShapeInference
+    return _SYMBOLIC_CLASS
+
+
+_SYMBOLIC_CLASS = None
+
+
 def _symbolic(model: ir.Model) -> dict[str, list[Dim]]:
     try:
-        from onnxruntime.tools.symbolic_shape_infer import SymbolicShapeInference
-
+        inference = _symbolic_shape_inference()
         with shapes.skeleton(model) as proto:
-            inferred = SymbolicShapeInference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
+            inferred = inference.infer_shapes(proto, auto_merge=True, guess_output_rank=False)
     except Exception:  # best effort: a model it cannot handle keeps onnx's shapes
         return {}
     return _collect(inferred) if inferred is not None else {}
