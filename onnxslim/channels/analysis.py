@@ -152,10 +152,11 @@ class ChannelAnalysis(Walk):
         self,
         keep: Mapping[ChannelGroup, np.ndarray | Sequence[int]] | None = None,
         input_shapes: Mapping[str, Sequence[int]] | None = None,
+        sample: Mapping[str, np.ndarray] | None = None,
     ) -> dict[str, int]:
         """MACs (Conv/ConvTranspose/Gemm/MatMul) and parameters now and after keeping ``keep``
         (see :func:`onnxslim.channels.macs.predict`)."""
-        return _macs.predict(self, keep, input_shapes)
+        return _macs.predict(self, keep, input_shapes, sample)
 
     def apply(self, keep: Mapping[ChannelGroup, np.ndarray | Sequence[int]]) -> dict[str, int]:
         """Keep only the given slots of each group; returns {"groups": n, "channels_removed": n,

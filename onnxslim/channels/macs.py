@@ -20,12 +20,17 @@ def predict(
     analysis: ChannelAnalysis,
     keep: Mapping[ChannelGroup, np.ndarray | Sequence[int]] | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
+    sample: Mapping[str, np.ndarray] | None = None,
 ) -> dict[str, int]:
-    """MACs (Conv/ConvTranspose/Gemm/MatMul) and parameters now and after keeping ``keep``.
+    """MACs (Conv/ConvTranspose/Gemm/MatMul, every one of them) and parameters now and after
+    keeping ``keep``.
 
     MACs are counted at ``input_shapes``; dynamic dims not given count as 1 for a dim that
-    leads some input (the batch) and 64 elsewhere. Layers whose shapes inference cannot
-    resolve are left out of both figures and counted in ``macs_unresolved``.
+    leads some input (the batch) and 64 elsewhere. Shapes inference cannot resolve are
+    measured in one onnxruntime run, as :func:`stats.count_macs` measures them: on ``sample``
+    (the pass context's validation sample) when given, else on a seeded random sample at those
+    shapes. Layers still unresolved (inside an If branch the sample does not take) are left out
+    of both figures and counted in ``macs_unresolved``.
     """
     a = analysis
     kept = a._kept_components(keep)
@@ -33,7 +38,7 @@ def predict(
     def frac(atoms: np.ndarray) -> float:
         return float(kept[a._comp[atoms]].mean()) if len(atoms) else 1.0
 
-    base, unresolved = layer_macs(a, input_shapes)
+    base, unresolved = layer_macs(a, input_shapes, sample)
     macs_before = sum(base.values())
     macs_after = 0.0
     for node, factors in a.layers:
@@ -62,11 +67,13 @@ def predict(
     }
 
 
-def layer_macs(analysis: ChannelAnalysis, input_shapes: Mapping[str, Sequence[int]] | None) -> tuple[dict[int, int], int]:
+def layer_macs(
+    analysis: ChannelAnalysis, input_shapes: Mapping[str, Sequence[int]] | None, sample: Mapping[str, np.ndarray] | None = None
+) -> tuple[dict[int, int], int]:
     """MACs per layer node id at the input shapes, and how many layers have unknown shapes."""
     a = analysis
     dims = {k: [int(d) for d in v] for k, v in (input_shapes or {}).items()}
-    key = tuple(sorted((k, tuple(v)) for k, v in dims.items()))
+    key = (tuple(sorted((k, tuple(v)) for k, v in dims.items())), sample is not None)
     if key in a._base_macs:
         return a._base_macs[key]
     inputs = [v for v in a.model.graph.inputs if v.shape is not None and len(v.shape)]
@@ -89,9 +96,11 @@ def layer_macs(analysis: ChannelAnalysis, input_shapes: Mapping[str, Sequence[in
         if macs is not None:
             result[id(node)] = macs
     if len(result) < len(a.layers):  # measure what inference cannot resolve, as the report does
-        concrete = {**concrete, **_measured(a.model, concrete, dims)}
+        measured = stats.measured_shapes(a.model, concrete, sample) if sample is not None else _measured(a.model, concrete, dims)
+        concrete = {**concrete, **measured}
     for node, _ in a.layers:
-        macs = node_macs(node, concrete, batch) if id(node) not in result else None
+        # measured on the pass's sample: no guess; else an open batch axis counts as the batch
+        macs = node_macs(node, concrete, batch if sample is None else None) if id(node) not in result else None
         if macs is not None:
             result[id(node)] = macs
     a._base_macs[key] = result, len(a.layers) - len(result)
@@ -127,4 +136,4 @@ def _measured(model: ir.Model, concrete: Mapping[str, tuple], dims: Mapping[str,
         sample = inputs.random_samples(model, 1, 0, dims)[0]
     except OnnxSlimError:
         return {}
-    return stats._measured_shapes(model, concrete, sample)
+    return stats.measured_shapes(model, concrete, sample)
