@@ -56,6 +56,12 @@ class PassContext:
     #: Concrete input shapes the model is validated at (``--input-shape`` or the validation
     #: data's); passes that predict MACs use them. Empty when unknown.
     input_shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    #: The validation samples (held out from calibration) the run is judged on, the original
+    #: model's outputs on them (None without validation), and the run's accuracy budget
+    #: (:class:`onnxslim.budget.Budget`): for passes that search within the budget.
+    validation: list = dataclasses.field(default_factory=list)
+    reference: list | None = None
+    budget: Any = None
 
 
 class Pass:

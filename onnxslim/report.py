@@ -78,6 +78,9 @@ class Report:
     output: str | None = None
     output_bytes: int | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
+    #: ``--measure-latency``: onnxruntime CPU latency of the input and the result, timed side by
+    #: side at the validation shapes (``{"before": Timing.to_dict(), "after": ..., "speedup": x}``).
+    latency: dict[str, Any] | None = None
 
     @property
     def broken_checks(self) -> list[str]:
@@ -105,6 +108,7 @@ class Report:
             "final_checks": _jsonable(self.final_checks),
             "input_checks": _jsonable(self.input_checks),
             "warnings": list(self.warnings),
+            "latency": _jsonable(self.latency),
         }
 
     def to_json(self) -> str:
@@ -165,12 +169,39 @@ class Report:
             if after is not None and after is not before and after.macs_symbolic:
                 line += f" → {after.macs_symbolic}"
             console.print(line + (f" (the table counts at {shapes})" if shapes else ""))
+        line = _precision_line(before, after)
+        if line:
+            console.print(line)
+        if self.latency and "error" in self.latency:
+            console.print(f"  latency not measured: {_escape(self.latency['error'])}")
+        elif self.latency:
+            b, a = self.latency["before"], self.latency["after"]
+            console.print(
+                f"  latency (onnxruntime CPU, median of {a['calls']} interleaved calls): "
+                f"{b['median_ms']:.3f} ms → {a['median_ms']:.3f} ms ({self.latency['speedup']:.2f}×)"
+            )
         for row in self.passes:
             for note in row.notes[:20]:
                 console.print(f"  {row.name}: {_escape(note)}")
             if len(row.notes) > 20:
                 console.print(f"  {row.name}: ... {len(row.notes) - 20} more notes in the JSON report")
         return console.export_text()
+
+
+def _precision_line(before: ModelStats | None, after: ModelStats | None) -> str | None:
+    """MACs by precision when any layer runs in other than float32 (before or after)."""
+
+    def split(stats: ModelStats | None) -> str | None:
+        parts = (stats.macs_by_precision or {}) if stats is not None else {}
+        if not parts or set(parts) == {"float32"}:
+            return None
+        return ", ".join(f"{k} {human(v)}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]))
+
+    now = split(after)
+    if now is None and split(before) is None:
+        return None
+    was = split(before) or (f"float32 {human(before.macs)}" if before is not None and before.macs else "?")
+    return f"  MACs by precision: {was} → {now or (f'float32 {human(after.macs)}' if after and after.macs else '?')}"
 
 
 class _Null:
