@@ -10,6 +10,16 @@ from .report import Report
 _COLORS = {"params": "#4e79a7", "MACs": "#f28e2b", "file size": "#59a14f"}
 
 
+def _low_precision_share(stats) -> str | None:
+    """``"MACs int8 97%"`` when part of the MACs run in other than float32."""
+    parts = getattr(stats, "macs_by_precision", None) or {}
+    total = sum(parts.values())
+    low = {k: v for k, v in parts.items() if not k.startswith("float")}
+    if not total or not low:
+        return None
+    return "MACs " + ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(low.items(), key=lambda kv: -kv[1]))
+
+
 def report_svg(report: Report) -> str:
     before = report.before
     rows = [("input", before, None, "")]
@@ -51,6 +61,9 @@ def report_svg(report: Report) -> str:
             out.append(f'<text x="{left + bar + 4:.1f}" y="{yy + bar_h - 2}" font-size="10" fill="#333">{key} {frac:.3f}</text>')
         if cosine is not None:
             out.append(f'<text x="{left + width + 110}" y="{y + bar_h * 1.8}" fill="#333">cos {cosine:.5f}</text>')
+        low = _low_precision_share(stats)
+        if low:
+            out.append(f'<text x="{left + width + 110}" y="{y + bar_h * 2.9}" font-size="10" fill="#333">{escape(low)}</text>')
         y += group_h
     out.append("</svg>")
     return "\n".join(out) + "\n"
