@@ -205,7 +205,8 @@ class _Workspace:
         self.preprocessed = False
         if o.preprocess and o.mode != "weight4":  # its fusions (MatMul+Add -> Gemm) would hide MatMuls from weight4
             self._preprocess()
-        self.float_model = ir.serde.deserialize_model(onnx.load(str(self.float_path), load_external_data=True))
+        # Only used while the directory exists: external weights stay memory-mapped.
+        self.float_model = ir.load(str(self.float_path))
         self.result: ir.Model | None = None
         self.trials = 0
 

@@ -229,3 +229,15 @@ def test_minilm_dynamic_sentence_embedding_cosine():
     for feed in held_out:
         a, b = ref.run(None, feed)[emb][0], new.run(None, feed)[emb][0]
         assert a @ b / np.linalg.norm(a) / np.linalg.norm(b) >= 0.99
+
+
+@pytest.mark.parametrize("mode", ["dynamic", "static", "weight4"])
+def test_large_model_path_through_external_data(monkeypatch, mode):
+    """Above the inline limit the temporary files carry external data; the result is the same."""
+    import onnxslim.passes.quantize as quantize
+
+    small = onnxslim.optimize(MLP, f"quantize:mode={mode}", inputs=VAL, calibration=CALIB)
+    monkeypatch.setattr(quantize, "_INLINE_LIMIT", 0)
+    large = onnxslim.optimize(MLP, f"quantize:mode={mode}", inputs=VAL, calibration=CALIB)
+    assert large.report.passes[-1].status == "applied", large.report.passes[-1].reason
+    assert large.report.passes[-1].metrics[0].max_abs == small.report.passes[-1].metrics[0].max_abs
