@@ -529,5 +529,6 @@ def _capture(model: ir.Model, names: set[str], samples: Sequence[dict]) -> dict[
             for v in values:
                 arr = sample.get(v.name) if v.is_graph_input() else got.get(v.name)
                 if arr is not None:
-                    captured.setdefault(v.name, []).append(np.asarray(arr, dtype=np.float32))
+                    # flat: samples may differ in shape (sequence lengths); SQNR pools elements
+                    captured.setdefault(v.name, []).append(np.asarray(arr, dtype=np.float32).ravel())
     return captured
