@@ -182,6 +182,19 @@ def test_other_passes_leave_quantized_weights_alone_and_prune_on_qdq_stays_runna
         assert rows[1].status in ("no change", "applied"), (passes, rows[1].status, rows[1].reason)
         assert not result.report.broken_checks
         assert abs(_accuracy(result.model) - _accuracy(CNN)) <= 0.01
+        _check_qdq_consistent(result.model)
+
+
+def _check_qdq_consistent(model) -> None:
+    """Every per-axis DequantizeLinear has one scale (and zero point) per slice of its axis."""
+    for node in model.graph:
+        if node.op_type != "DequantizeLinear" or node.inputs[0].const_value is None:
+            continue
+        q = node.inputs[0].const_value.numpy()
+        params = [v.const_value.numpy() for v in node.inputs[1:] if v is not None and v.const_value is not None]
+        axis = node.attributes["axis"].as_int() if "axis" in node.attributes else 1
+        for p in params:
+            assert p.ndim == 0 or p.size == q.shape[axis], (node.name, q.shape, p.shape)
 
 
 def test_quantize_after_sparsify():
@@ -241,3 +254,18 @@ def test_large_model_path_through_external_data(monkeypatch, mode):
     large = onnxslim.optimize(MLP, f"quantize:mode={mode}", inputs=VAL, calibration=CALIB)
     assert large.report.passes[-1].status == "applied", large.report.passes[-1].reason
     assert large.report.passes[-1].metrics[0].max_abs == small.report.passes[-1].metrics[0].max_abs
+
+
+@pytest.mark.parametrize("path", [CNN, MLP], ids=["cnn", "mlp"])
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_prune_on_a_quantized_model_runs_correctly_or_freezes_with_a_reason(path, mode):
+    result = onnxslim.optimize(path, f"quantize:mode={mode},prune:ratio=0.3", inputs=VAL, calibration=CALIB)
+    quantize_row, prune_row = result.report.passes
+    assert quantize_row.status == "applied"
+    assert prune_row.status in ("applied", "no change"), (prune_row.status, prune_row.reason)
+    if prune_row.status == "applied":  # validated by the manager; scales sliced with their weights
+        _check_qdq_consistent(result.model)
+    else:
+        assert prune_row.summary
+    assert not result.report.broken_checks
+    assert _accuracy(result.model) > 0.9
