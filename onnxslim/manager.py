@@ -24,7 +24,7 @@ import onnx_ir as ir
 from . import model_io, registry, runtime, shapes, stats, validation
 from .constants import model_fingerprint
 from .calibration import Calibration
-from .errors import ModelError, PassFailedError, UsageError
+from .errors import ModelError, PassFailedError, UsageError, arg
 from .inputs import DefaultedDimsWarning, InputConfig, Sample, check_shape_names, check_shapes
 from .pass_api import Pass, PassContext
 from .report import APPLIED, FAILED, NO_CHANGE, ROLLED_BACK, SKIPPED, PassReport, Report
@@ -51,15 +51,17 @@ class OptimizeResult:
         if not in_place:
             writes = model_io.output_files(path, model_io.uses_external_data(target, external_data))
             if self.source is not None and _same_file(path, self.source):
-                raise UsageError(f"{path}: refusing to overwrite the input model (use --in-place)")
+                raise UsageError(f"{path}: refusing to overwrite the input model (use {arg('in_place', True)})")
             clash = next((f for f in writes if f.resolve() in self.input_files), None)
             if clash is not None:
-                raise UsageError(f"{clash}: refusing to overwrite a file the input model is read from (use --in-place)")
+                raise UsageError(f"{clash}: refusing to overwrite a file the input model is read from (use {arg('in_place', True)})")
         broken = self.report.broken_checks
         if broken:
             detail = "; ".join(f"{k} {self.report.final_checks[k]}" for k in broken)
             raise PassFailedError(f"the optimized model fails a check the input model passes ({detail}); nothing written")
+        started = time.perf_counter()
         files = model_io.save(target, path, external_data=external_data)
+        self.report.seconds += time.perf_counter() - started
         self.report.output = str(path)
         self.report.output_bytes = sum(f.stat().st_size for f in files)
         return files
@@ -101,14 +103,15 @@ def optimize(
     ``measure_latency`` times the input and the result side by side in onnxruntime (CPU, default
     optimisation level, interleaved calls, medians) on the first validation sample.
     """
+    started = time.perf_counter()
     if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
-        raise UsageError(f"--min-cosine must be in [-1, 1], got {min_cosine}")
+        raise UsageError(f"{arg('min_cosine')} must be in [-1, 1], got {min_cosine}")
     if not isinstance(model, (str, os.PathLike, bytes, onnx.ModelProto, ir.Model)):
         raise UsageError(f"model: expected a path, bytes, an onnx.ModelProto or an ir.Model, got {type(model).__name__}")
     if not isinstance(samples, int) or samples < 1:
-        raise UsageError(f"--samples must be at least 1, got {samples!r}")
+        raise UsageError(f"{arg('samples')} must be at least 1, got {samples!r}")
     if not isinstance(seed, int) or seed < 0:
-        raise UsageError(f"--seed must be a non-negative integer, got {seed!r}")
+        raise UsageError(f"{arg('seed')} must be a non-negative integer, got {seed!r}")
     input_shapes = check_shapes(input_shapes)
     pipeline = registry.build_all(passes)
     doc = model_io.load_document(model)
@@ -121,6 +124,7 @@ def optimize(
                 PassReport(p.name, p.lossless, SKIPPED, reason=f"onnx-ir cannot represent the model ({doc.unsupported})")
             )
         report.warnings.append(f"model kept unchanged: {doc.unsupported}")
+        report.seconds = time.perf_counter() - started
         return OptimizeResult(None, report, doc.proto, source, doc.files)
 
     current = doc.model
@@ -170,7 +174,7 @@ def optimize(
     budget = min_cosine
     ctx = PassContext(
         calibration=calib, progress=console.progress, seed=seed, input_shapes=shape_map,
-        validation=feeds, reference=reference, budget=budget,
+        validation=feeds, reference=reference, budget=budget, sample=first,
     )
     for index, p in enumerate(pipeline, 1):
         console.step(f"[{index}/{len(pipeline)}] {p.name}")
@@ -222,6 +226,7 @@ def optimize(
         if any(v != "ok" for v in report.final_checks.values()) and not isinstance(model, ir.Model):
             # Only a check the input model passes is this run's fault: look at a fresh copy.
             report.input_checks = _final_checks(model_io.load_document(model).model)
+    report.seconds = time.perf_counter() - started
     return OptimizeResult(current, report, None, source, doc.files)
 
 
