@@ -14,8 +14,8 @@ Modes, each a wrapper around :mod:`onnxruntime.quantization`:
 onnxruntime's tools work on files, so the pass writes the model into a private temporary
 directory (external data above :data:`_INLINE_LIMIT` of weights), runs its pre-processing step
 (shape inference and the basic graph optimisations such as BatchNormalization folding) and the
-quantizer there, and reads the result back through onnx-ir; the model's metadata, model-local
-functions and IR version are kept. The directory is removed whatever happens.
+quantizer there, and reads the result back through onnx-ir; the model's metadata and model-local
+functions are kept (the IR version never goes down). The directory is removed whatever happens.
 
 With an accuracy budget on the run (``--min-cosine`` …) the pass spends it layer by layer:
 when the fully quantized model is over budget it ranks the quantized layers by the quantization
@@ -352,7 +352,7 @@ def _adopt(model: ir.Model, quantized: ir.Model) -> None:
     functions = dict(model.functions)
     ir_version = model.ir_version
     model.graph = quantized.graph
-    model.ir_version = min(ir_version, max(quantized.ir_version, 8))
+    model.ir_version = max(ir_version, quantized.ir_version)  # what the quantized graph needs (save caps it)
     for key, fn in functions.items():
         model.functions.setdefault(key, fn)
     for key, fn in quantized.functions.items():
