@@ -269,3 +269,33 @@ def test_prune_on_a_quantized_model_runs_correctly_or_freezes_with_a_reason(path
         assert prune_row.summary
     assert not result.report.broken_checks
     assert _accuracy(result.model) > 0.9
+
+
+def test_budget_object_of_the_core_is_used_when_there_is_one():
+    """``ctx.budget`` may be the core's Budget (``check`` returning a verdict) or the
+    ``--min-cosine`` number; mixed precision works against either."""
+    from types import SimpleNamespace
+
+    from onnxslim.pass_api import PassContext
+    from onnxslim.passes.quantize import budget_verdict
+    from onnxslim import validation
+
+    reference = validation.run_model(model_io.load(MLP), VAL)
+    seen = []
+
+    class Strict:
+        active = True
+
+        def check(self, ref, outputs):
+            seen.append(len(outputs))
+            worst = min(m.max_abs for m in validation.compare(ref, outputs))
+            return SimpleNamespace(ok=worst == 0.0, reason=f"max |Δ| {worst}")
+
+    ctx = PassContext(validation=VAL, reference=reference, budget=Strict())
+    assert budget_verdict(ctx, reference) == (True, "max |Δ| 0.0")
+    ctx = PassContext(validation=VAL, reference=reference, budget=0.5)
+    assert budget_verdict(ctx, reference) == (True, None)
+    model = model_io.load(MLP)
+    ctx = PassContext(validation=VAL, reference=reference, budget=Strict())
+    result = Quantize(mode="dynamic").run(model, ctx)
+    assert not result.modified and seen  # bit-exact budget: every layer stays float
