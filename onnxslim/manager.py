@@ -96,6 +96,7 @@ def optimize(
     metric_outputs: Sequence[str] | None = None,
     metric: Metric | None = None,
     min_metric: float | None = None,
+    measure_latency: bool = False,
 ) -> OptimizeResult:
     """Load ``model``, run ``passes`` (default: ``cleanup``) with validation after each one.
 
@@ -111,6 +112,9 @@ def optimize(
     ``metric(original_outputs, pruned_outputs) -> float`` that must stay ≥ ``min_metric``, on the
     outputs named in ``metric_outputs`` (default all). A lossy pass over budget is rolled back;
     ``prune:target=budget`` searches for the largest reduction within it.
+
+    ``measure_latency`` times the input and the result side by side in onnxruntime (CPU, default
+    optimisation level, interleaved calls, medians) on the first validation sample.
     """
     started = time.perf_counter()
     budget = Budget(min_cosine, min_agreement, max_error, metric, min_metric, tuple(metric_outputs) if metric_outputs else None)
@@ -186,7 +190,7 @@ def optimize(
     # Outputs of the model as it stands before each pass: a lossless pass must reproduce these
     # (not the original's, which an earlier lossy pass has legitimately moved away from).
     previous = reference
-    started = time.perf_counter()
+    original = current.clone() if measure_latency else None  # tensors shared: passes never edit them in place
     ctx = PassContext(
         calibration=calib, progress=console.progress, seed=seed, input_shapes=shape_map,
         validation=feeds, reference=reference, budget=budget, sample=first,
@@ -233,6 +237,9 @@ def optimize(
         report.passes.append(row)
         console.done(row)
 
+    if measure_latency and first is not None:
+        console.step("latency of the input and the result, side by side")
+        report.latency = _latency(original, current, first)
     if final_check:
         report.final_checks = _final_checks(current)
         if any(v != "ok" for v in report.final_checks.values()) and not isinstance(model, ir.Model):
@@ -240,6 +247,16 @@ def optimize(
             report.input_checks = _final_checks(model_io.load_document(model).model)
     report.seconds = time.perf_counter() - started
     return OptimizeResult(current, report, None, source, doc.files)
+
+
+def _latency(original: ir.Model, result: ir.Model, feeds: Sample) -> dict[str, Any]:
+    from . import latency
+
+    try:
+        before, after = latency.measure([original, result], feeds, rounds=30)
+    except ModelError as exc:
+        return {"error": str(exc)}
+    return {"before": before.to_dict(), "after": after.to_dict(), "speedup": before.median / after.median}
 
 
 def _first_line(exc: BaseException) -> str:
