@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import os
 import signal
 import sys
@@ -12,10 +14,14 @@ import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import registry
-from .errors import ModelError, OnnxSlimError, UsageError
-from .inputs import parse_shape_arg
-from .validation import Tolerance
+try:  # Ctrl-C while numpy, onnx and onnxruntime import (the first second) is no traceback either
+    from . import registry
+    from .errors import ModelError, OnnxSlimError, UsageError
+    from .inputs import parse_shape_arg
+    from .validation import Tolerance
+except KeyboardInterrupt:
+    print("onnxslim: interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
 EPILOG = """\
 passes: name[:key=value[:key=value]][,name...]   e.g. --passes "prune:ratio=0.3:criterion=l2,sparsify"
@@ -79,6 +85,11 @@ def _destination(text: str, what: str) -> Path:
     """A file the run will write, checked before anything runs: not a directory, in a directory
     that exists and takes new files."""
     path = Path(text)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(f"{what} {text}: a symbolic link loop") from None
     if not text or text.endswith(("/", os.sep)) or path.is_dir():
         raise UsageError(f"{what} {text!r}: not a file path")
     directory = path.parent
@@ -133,6 +144,8 @@ def _apply_dry_run(pipeline: list) -> None:
 
 def run(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.quiet:  # libraries' log records (onnx-ir's "Skipped deduplication ...") too
+        logging.disable(logging.WARNING)
     if args.input == "passes" and args.output is None:
         print(list_passes())
         return 0
@@ -197,6 +210,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, terminated) if in_main_thread else None
+    logging_disabled = logging.root.manager.disable  # --quiet silences library logs for this run only
     try:
         return run(argv)
     except OnnxSlimError as exc:
@@ -216,6 +230,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"onnxslim: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
         return 1
     finally:
+        logging.disable(logging_disabled)
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
 

@@ -37,6 +37,8 @@ class PassReport:
     stats: ModelStats | None = None
     seconds: float = 0.0
     validate_seconds: float = 0.0
+    #: If branches this pass changed that no validation sample executes (not compared).
+    unvalidated_branches: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def min_cosine(self) -> float | None:
@@ -61,6 +63,7 @@ class PassReport:
             "stats": self.stats.to_dict() if self.stats else None,
             "seconds": round(self.seconds, 4),
             "validate_seconds": round(self.validate_seconds, 4),
+            "unvalidated_branches": list(self.unvalidated_branches),
         }
 
 
