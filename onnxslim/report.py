@@ -141,6 +141,8 @@ class Report:
         prev = self.before
         for row in self.passes:
             status = row.status + (f": {row.reason}" if row.reason else "")
+            if row.unvalidated_branches:
+                status += f" ({len(row.unvalidated_branches)} If branch{'es' if len(row.unvalidated_branches) > 1 else ''} not validated)"
             style = {APPLIED: "green", ROLLED_BACK: "yellow", FAILED: "red"}.get(row.status, "dim")
             cells = _stat_cells(row.stats, prev) if row.stats else ["", "", "", "", ""]
             tag = "lossless" if row.lossless else "lossy"

@@ -212,7 +212,7 @@ def test_a_changed_branch_no_sample_reaches_is_named(tmp_path):
     assert row.status == "applied" and row.max_abs == 0  # the only sample takes the other branch
     assert row.unvalidated_branches == ["If 'by_rate' else_branch"]
     assert any("If 'by_rate' else_branch" in n for n in row.notes)
-    assert "If 'by_rate' else_branch" in result.report.render()
+    assert "If 'by_rate' else_branch" in result.report.render() and "1 If branch not validated" in result.report.render()
     assert json.loads(result.report.to_json())["passes"][0]["unvalidated_branches"] == ["If 'by_rate' else_branch"]
     # The branch the sample reaches is validated, so nothing is named.
     result = onnxslim.optimize(src, [ScaleWeight(weight="w16")], inputs=[data])
@@ -278,30 +278,29 @@ def test_samples_count_is_bounded(tmp_path, capfd):
     assert code == 2 and "limit" in err and "'x'" in err
 
 
-def test_ctrl_c_while_importing_prints_no_traceback():
-    """KeyboardInterrupt raised by an import under cli (deterministic), then a real SIGINT at a
-    few moments of a starting run."""
+@pytest.mark.parametrize("module", ["numpy", "onnx_ir", "onnx", "onnxruntime", "onnxslim.manager"])
+def test_ctrl_c_while_importing_prints_no_traceback(tmp_path, module):
+    """Ctrl-C while the command starts: a KeyboardInterrupt raised by one of its imports (a real
+    SIGINT lands at an unpredictable import; this puts it at each heavy one in turn)."""
+    src = _conv_model(tmp_path / "in.onnx", [1, 3, 8, 8], [1, 4, 8, 8])
     code = textwrap.dedent(
-        """
+        f"""
         import builtins, sys
         real = builtins.__import__
-        def interrupting(name, *args, **kwargs):
-            if name == "numpy":
+        def interrupting(name, globals=None, locals=None, fromlist=(), level=0):
+            full = (globals or {{}}).get("__package__", "") + "." + name if level else name
+            if {module!r} in (name, full.rstrip(".")) or (level and name == {module!r}.rsplit(".", 1)[-1]):
                 raise KeyboardInterrupt
-            return real(name, *args, **kwargs)
+            return real(name, globals, locals, fromlist, level)
         builtins.__import__ = interrupting
         from onnxslim.cli import main
+        sys.exit(main([{str(src)!r}, {str(tmp_path / "out.onnx")!r}]))
         """
     )
-    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert proc.returncode == 130 and "Traceback" not in proc.stderr and "interrupted" in proc.stderr
-    script = Path(sys.executable).parent / "onnxslim"
-    for delay in (0.2, 0.5):
-        proc = subprocess.Popen([str(script), "passes"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        time.sleep(delay)
-        proc.send_signal(signal.SIGINT)
-        _, err = proc.communicate(timeout=60)
-        assert "Traceback" not in err, err
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 130 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip() == "onnxslim: interrupted"
+    assert not (tmp_path / "out.onnx").exists()
 
 
 def test_disk_full_is_a_model_error_naming_the_path(tmp_path, capfd, monkeypatch):
