@@ -139,7 +139,7 @@ def optimize(
         if validate:
             console.step("reference outputs of the original model")
             feeds, reference = _reference_outputs(current, config, caught)
-        elif inputs is not None:
+        elif inputs is not None or measure_latency:  # latency is timed on a sample
             feeds = config.samples(current)
         else:
             # Without validation no sample is built (a declared dim of 10**9 must not allocate);
