@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from .errors import ModelError, OnnxSlimError, PassFailedError, UsageError
+from .errors import EXIT_INCOMPLETE, ModelError, OnnxSlimError, PassFailedError, UsageError
 from .manager import OptimizeResult, optimize
 from .model_io import load, save
 from .pass_api import Pass, PassContext, PassResult, option
@@ -15,6 +15,7 @@ from .validation import Tolerance
 __version__ = "0.1.0"
 
 __all__ = [
+    "EXIT_INCOMPLETE",
     "ModelError",
     "OnnxSlimError",
     "OptimizeResult",

@@ -85,6 +85,11 @@ class Report:
         return [k for k, v in self.final_checks.items() if v != "ok" and self.input_checks.get(k, "ok") == "ok"]
 
     @property
+    def incomplete(self) -> list[PassReport]:
+        """Requested passes that did not take effect: rolled back, failed or skipped."""
+        return [row for row in self.passes if row.status in (ROLLED_BACK, FAILED, SKIPPED)]
+
+    @property
     def after(self) -> ModelStats | None:
         for row in reversed(self.passes):
             if row.stats is not None:
@@ -105,6 +110,7 @@ class Report:
             "final_checks": _jsonable(self.final_checks),
             "input_checks": _jsonable(self.input_checks),
             "warnings": list(self.warnings),
+            "incomplete": [row.name for row in self.incomplete],
         }
 
     def to_json(self) -> str:
