@@ -74,6 +74,8 @@ def score_random(group: ChannelGroup, ctx: PassContext, model: ir.Model) -> np.n
 CRITERIA: dict[str, Score] = {"l1": score_l1, "l2": score_l2, "bn": score_bn, "random": score_random}
 #: Criteria provided by :mod:`onnxslim.importance` (functions of the same name and signature).
 DATA_CRITERIA = ("activation", "activation_l2", "obs")
+#: What ``criterion=auto`` uses when calibration data is given.
+DEFAULT_DATA_CRITERION = "obs"
 
 
 def _optional(module: str, attr: str):
@@ -101,7 +103,7 @@ class Prune(Pass):
     class Options(Pass.Options):
         ratio: float = option(0.3, "fraction of each group's channels to remove (0..1)")
         criterion: Literal["auto", "l1", "l2", "bn", "random", "activation", "activation_l2", "obs"] = option(
-            "auto", "importance: auto = activation (mean |x|) with calibration data, else l2"
+            "auto", "importance: auto = obs (second-order, compensated output error) with calibration data, else l2"
         )
         target: Literal["per_group", "global", "macs"] = option(
             "per_group",
@@ -177,9 +179,10 @@ class Prune(Pass):
     def _criterion(self, ctx: PassContext, notes: list[str]) -> tuple[Score, str]:
         name = self.options.criterion
         if name == "auto":
-            if ctx.calibration is not None and criterion("activation") is not None:
-                return criterion("activation"), "activation"
-            why = "no calibration data" if ctx.calibration is None else "activation criterion not installed"
+            # obs measured best with calibration data (digits CNN/MLP, MobileNetV3-style classifier)
+            if ctx.calibration is not None and criterion(DEFAULT_DATA_CRITERION) is not None:
+                return criterion(DEFAULT_DATA_CRITERION), DEFAULT_DATA_CRITERION
+            why = "no calibration data" if ctx.calibration is None else f"{DEFAULT_DATA_CRITERION} criterion not installed"
             notes.append(f"criterion auto: using l2 ({why})")
             return score_l2, "l2"
         fn = criterion(name)
