@@ -494,3 +494,15 @@ def test_paddle_ocr_detector_prunes_with_shapes_kept():
     before = run(model_io.load(CORPUS / "rapidocr_ppocrv4_det.onnx"), feeds)
     after = run(model, feeds)
     assert {k: v.shape for k, v in after.items()} == {k: v.shape for k, v in before.items()}
+
+
+def test_default_widths_are_fast_multiples():
+    """round_to=8 by default, at most a quarter of a small group; round_to=1 keeps the exact ratio."""
+    assert [fast_step(n, 8) for n in (3, 8, 16, 24, 32, 45, 512)] == [1, 2, 4, 4, 8, 8, 8]
+    assert fast_step(512, 1) == 1 and fast_step(512, 16) == 16
+    model = model_io.load(fx.resnet())
+    widths = {e["before"]: e["after"] for e in Prune(ratio=0.3).run(model, PassContext()).details["pruned"]}
+    assert widths == {16: 12, 32: 24}
+    model = model_io.load(fx.resnet())
+    widths = {e["before"]: e["after"] for e in Prune(ratio=0.3, round_to=1).run(model, PassContext()).details["pruned"]}
+    assert widths == {16: 12, 32: 23}
