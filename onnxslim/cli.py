@@ -30,7 +30,7 @@ commands: onnxslim passes [NAME...]   the installed passes (or the named ones) w
 passes: name[:key=value[:key=value]][,name...]   e.g. --passes "prune:ratio=0.3:criterion=l2,sparsify"
         list values are separated by '|', maps as 'k=v|k=v'; `onnxslim passes` lists passes and options.
 exit codes: 0 ok, 1 model problem or a pass failed under --strict, 2 usage error,
-            3 a requested pass was rolled back, failed or skipped (the best valid model is still
+            3 a requested pass was rolled back or failed (the best valid model is still
               written; --allow-rollback makes this 0).
 """
 
@@ -85,7 +85,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs and random criteria")
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime comparison after each pass")
     p.add_argument("--strict", action="store_true", help="a lossless pass outside tolerance (or a failing pass) is fatal")
-    p.add_argument("--allow-rollback", action="store_true", help="exit 0, not 3, when a pass is rolled back, fails or is skipped")
+    p.add_argument("--allow-rollback", action="store_true", help="exit 0, not 3, when a pass is rolled back or fails")
     p.add_argument("--min-cosine", type=float, help="roll back a lossy pass whose output cosine falls below this")
     p.add_argument("--atol", type=float, default=Tolerance.atol, help="lossless tolerance: absolute part")
     p.add_argument("--rtol", type=float, default=Tolerance.rtol, help="lossless tolerance: relative to max |reference|")

@@ -2,7 +2,7 @@
 
 Exit codes: 0 every requested pass applied (or had nothing to do), 1 model problem or a pass
 failed under ``--strict``, 2 usage error, :data:`EXIT_INCOMPLETE` (3) a requested pass was rolled
-back, failed or skipped — the model written is the best valid one, but not what was asked for
+back or failed — the model written is the best valid one, but not what was asked for
 (``--allow-rollback`` accepts that as success).
 """
 
@@ -13,7 +13,7 @@ import contextvars
 import difflib
 from collections.abc import Iterable, Iterator
 
-#: Exit status when a requested pass was rolled back, failed or skipped and the run otherwise
+#: Exit status when a requested pass was rolled back or failed and the run otherwise
 #: succeeded (the written model is the last valid one). ``--allow-rollback`` turns it into 0.
 EXIT_INCOMPLETE = 3
 

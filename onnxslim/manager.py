@@ -45,12 +45,12 @@ class OptimizeResult:
 
     @property
     def complete(self) -> bool:
-        """Every requested pass applied or had nothing to do (none rolled back, failed or skipped)."""
+        """Every requested pass applied or had nothing to do (none rolled back or failed)."""
         return not self.report.incomplete
 
     def exit_code(self, allow_rollback: bool = False) -> int:
         """What the CLI returns for this run: 0, or :data:`~onnxslim.errors.EXIT_INCOMPLETE` (3)
-        when a pass was rolled back, failed or skipped and ``allow_rollback`` is not set."""
+        when a pass was rolled back or failed and ``allow_rollback`` is not set."""
         return 0 if self.complete or allow_rollback else EXIT_INCOMPLETE
 
     def save(self, path: str | os.PathLike, *, external_data: bool | None = None, in_place: bool = False) -> list[Path]:

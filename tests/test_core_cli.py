@@ -386,7 +386,7 @@ def test_unrepresentable_model_with_external_data_is_written_whole(tmp_path, cap
     src, out = tmp_path / "src" / "zip.onnx", tmp_path / "dst" / "out.onnx"
     _zipmap_with_external_data(src)
     code, _, err = _cli([src, out, *(["--external-data"] if external else [])], capsys)
-    assert code == 3 and "cleanup skipped: onnx-ir cannot represent the model" in err, err  # written whole, not optimized
+    assert code == 0, err
     assert (tmp_path / "dst" / "out.onnx.data").exists() == external
     feeds = {"input": np.ones((2, 4), np.float32)}
     want = ort.InferenceSession(str(src), providers=["CPUExecutionProvider"]).run(None, feeds)

@@ -1,4 +1,4 @@
-"""A run whose requested pass was rolled back, failed or skipped exits 3 (EXIT_INCOMPLETE), still
+"""A run whose requested pass was rolled back or failed exits 3 (EXIT_INCOMPLETE), still
 writing the best valid model; ``--allow-rollback`` (API: ``result.exit_code(allow_rollback=True)``)
 accepts it."""
 
