@@ -9,7 +9,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING
 
-from .errors import ModelError, OnnxSlimError, PassFailedError, UsageError
+from .errors import EXIT_INCOMPLETE, ModelError, OnnxSlimError, PassFailedError, UsageError
 
 if TYPE_CHECKING:
     from .manager import OptimizeResult, optimize
@@ -43,6 +43,7 @@ def __getattr__(name: str):
 __version__ = "0.1.0"
 
 __all__ = [
+    "EXIT_INCOMPLETE",
     "ModelError",
     "OnnxSlimError",
     "OptimizeResult",

@@ -40,8 +40,10 @@ class Calibration:
                     out[name] = sample[name]
                 yield out
 
-    def capture(self, model: ir.Model, values: Sequence[ir.Value]) -> dict[str, np.ndarray]:
-        """The arrays of ``values`` over all samples, concatenated along axis 0."""
+    def capture(self, model: ir.Model, values: Sequence[ir.Value]) -> dict[str, np.ndarray | list[np.ndarray]]:
+        """The arrays of ``values`` over all samples, concatenated along axis 0; a value whose
+        shape differs between samples beyond axis 0 (samples of different sizes) comes as the
+        list of per-sample arrays."""
         collected: dict[str, list[np.ndarray]] = {}
         for out in self.iter_capture(model, values):
             for name, arr in out.items():
@@ -49,9 +51,11 @@ class Calibration:
         return {name: _concat(arrs) for name, arrs in collected.items()}
 
 
-def _concat(arrays: list[np.ndarray]) -> np.ndarray:
+def _concat(arrays: list[np.ndarray]) -> np.ndarray | list[np.ndarray]:
     if arrays[0].ndim == 0:
-        return np.stack(arrays)
+        return np.stack(arrays) if all(a.ndim == 0 for a in arrays) else arrays
+    if len({(a.ndim, a.shape[1:]) for a in arrays}) > 1:
+        return arrays
     return np.concatenate(arrays, axis=0)
 
 

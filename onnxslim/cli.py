@@ -30,7 +30,9 @@ commands: onnxslim passes [NAME...]   the installed passes (or the named ones) w
           onnxslim analyze in.onnx --calibration data.npz [--report a.json] [--plot a.svg]   pruning sensitivity.
 passes: name[:key=value[:key=value]][,name...]   e.g. --passes "prune:ratio=0.3:criterion=l2,sparsify"
         list values are separated by '|', maps as 'k=v|k=v'; `onnxslim passes` lists passes and options.
-exit codes: 0 ok, 1 model problem or a pass failed under --strict, 2 usage error.
+exit codes: 0 ok, 1 model problem or a pass failed under --strict, 2 usage error,
+            3 a requested pass was rolled back or failed (the best valid model is still
+              written; --allow-rollback makes this 0).
 """
 
 
@@ -69,8 +71,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("output", nargs="?", help="output .onnx path (omit with --dry-run)")
     p.add_argument("--passes", help="pipeline, e.g. 'zeros,prune:ratio=0.3,sparsify' (default: cleanup)")
     p.add_argument("--recipe", help="TOML recipe listing [[pass]] tables in order")
-    p.add_argument("--inputs", help=".npz of validation inputs keyed by input name (several samples allowed)")
-    p.add_argument("--calibration", help=".npz of calibration inputs for data-driven passes")
+    p.add_argument("--inputs", nargs="+", metavar="NPZ|DIR", help="validation inputs: .npz files keyed by input name (several samples each) or folders of them")
+    p.add_argument("--calibration", nargs="+", metavar="NPZ|DIR", help="calibration inputs for data-driven passes: .npz files or folders (samples may differ in shape)")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224", help="fix a dynamic input shape (repeatable)")
     p.add_argument(
         "--input-shapes",
@@ -84,6 +86,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs and random criteria")
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime comparison after each pass")
     p.add_argument("--strict", action="store_true", help="a lossless pass outside tolerance (or a failing pass) is fatal")
+    p.add_argument("--allow-rollback", action="store_true", help="exit 0, not 3, when a pass is rolled back or fails")
     p.add_argument("--min-cosine", type=float, help="roll back a lossy pass whose output cosine falls below this")
     p.add_argument("--min-agreement", type=float, help="budget: top-1 agreement of classification outputs with the original")
     p.add_argument("--max-error", type=float, help="budget: largest absolute output difference")
@@ -215,6 +218,19 @@ def _take_back_output(args: argparse.Namespace) -> None:
         args.output = values.pop()
 
 
+def _take_output_back(args: argparse.Namespace) -> None:
+    """``in.onnx --inputs a.npz out.onnx``: the file list swallowed the output path; a model is
+    never a sample file, so a trailing ``.onnx`` there is the output."""
+    for flag in ("calibration", "inputs"):
+        files = getattr(args, flag)
+        if args.output is None and files and len(files) > 1 and files[-1].endswith(".onnx"):
+            args.output = files.pop()
+
+
+def _data_arg(files: list[str] | None) -> str | list[str] | None:
+    return files[0] if files and len(files) == 1 else files
+
+
 def run(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     command = _command(argv)
@@ -229,6 +245,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         raise UsageError(f"{args.input}: no such file or command{did_you_mean(args.input, COMMANDS)}")
     from .manager import optimize
 
+    _take_output_back(args)
     if args.output is None and not args.dry_run:
         raise UsageError("missing output path (or use --dry-run)")
     if args.passes and args.recipe:
@@ -244,9 +261,9 @@ def run(argv: Sequence[str] | None = None) -> int:
     result = optimize(
         source,
         pipeline,
-        inputs=args.inputs,
+        inputs=_data_arg(args.inputs),
         input_shapes=shapes or None,
-        calibration=args.calibration,
+        calibration=_data_arg(args.calibration),
         validate=not args.no_validate,
         strict=args.strict,
         min_cosine=args.min_cosine,
@@ -280,7 +297,13 @@ def run(argv: Sequence[str] | None = None) -> int:
     failed = [c for c, v in result.report.final_checks.items() if v != "ok"]
     if failed:
         print(f"onnxslim: warning: final check failed (the input model fails it too): {', '.join(failed)}", file=sys.stderr)
-    return 0
+    code = result.exit_code(args.allow_rollback)
+    if result.report.incomplete:
+        what = "; ".join(f"{row.name} {row.status}: {row.reason}" for row in result.report.incomplete)
+        kept = "the last valid model was written" if result.report.output else "no model written"
+        verdict = f"exit {code}" if code else "accepted by --allow-rollback"
+        print(f"onnxslim: not every pass took effect ({what}); {kept}; {verdict}", file=sys.stderr)
+    return code
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,4 +1,10 @@
-"""Errors the tool reports as one line and an exit code, never as a traceback."""
+"""Errors the tool reports as one line and an exit code, never as a traceback.
+
+Exit codes: 0 every requested pass applied (or had nothing to do), 1 model problem or a pass
+failed under ``--strict``, 2 usage error, :data:`EXIT_INCOMPLETE` (3) a requested pass was rolled
+back or failed — the model written is the best valid one, but not what was asked for
+(``--allow-rollback`` accepts that as success).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,10 @@ import contextlib
 import contextvars
 import difflib
 from collections.abc import Iterable, Iterator
+
+#: Exit status when a requested pass was rolled back or failed and the run otherwise
+#: succeeded (the written model is the last valid one). ``--allow-rollback`` turns it into 0.
+EXIT_INCOMPLETE = 3
 
 
 class OnnxSlimError(Exception):

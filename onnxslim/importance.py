@@ -45,6 +45,7 @@ from collections.abc import Sequence
 import numpy as np
 import onnx_ir as ir
 import scipy.linalg
+import scipy.linalg.lapack
 
 from .channels import Activation, ChannelGroup
 from .pass_api import PassContext
@@ -192,8 +193,9 @@ class _Hessian:
             xs = xs.reshape(-1, xs.shape[-1])
             if self.mode == "channel":
                 xs = xs[pick_rows(len(xs), -(-row_quota(self.width) // n_samples), rng)]
-        xs = xs.astype(np.float64)
-        part = np.sum(xs * xs, axis=0) if self.mode == "diagonal" else xs.T @ xs
+        # float32 products accumulated in float64 (as in reconstruct._Gram.add)
+        xs = np.asarray(xs, np.float32)
+        part = np.sum(np.square(xs, dtype=np.float64), axis=0) if self.mode == "diagonal" else (xs.T @ xs).astype(np.float64)
         self.h = part if self.h is None else self.h + part
         self.rows += len(xs)
 
@@ -226,10 +228,14 @@ class _Hessian:
         h = self.h / max(self.rows, 1)
         lam = DAMP * float(np.diag(h).mean() or 1.0)
         h = h + lam * np.eye(len(h))
-        try:
-            return scipy.linalg.cho_solve(scipy.linalg.cho_factor(h), np.eye(len(h)))
-        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
-            return np.linalg.pinv(h)
+        # the inverse from the Cholesky factor (LAPACK potri: a third of the work of solving
+        # against the identity); only its diagonal blocks are read
+        factor, info = scipy.linalg.lapack.dpotrf(h, lower=True, clean=False)
+        if info == 0:
+            inv, info = scipy.linalg.lapack.dpotri(factor, lower=True)
+            if info == 0:
+                return np.tril(inv) + np.tril(inv, -1).T
+        return np.linalg.pinv(h)
 
 
 def _mode(layer: LinearLayer) -> str:

@@ -433,11 +433,42 @@ def _conform_array(value: ir.Value, data, where: str) -> np.ndarray:
     return np.asarray(arr, dtype=want, order="C")  # (ascontiguousarray would make a scalar 1-D)
 
 
+def sample_files(paths: str | os.PathLike | Sequence[str | os.PathLike]) -> list[Path]:
+    """The ``.npz`` files named by ``paths``: files as given, folders as their ``*.npz`` files
+    in name order (not recursive)."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    files: list[Path] = []
+    for path in map(Path, paths):
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix == ".npz" and p.is_file())
+            if not found:
+                raise UsageError(f"{path}: folder holds no .npz files")
+            files.extend(found)
+        else:
+            files.append(path)
+    return files
+
+
+def load_sample_files(paths: str | os.PathLike | Sequence[str | os.PathLike], model: ir.Model) -> list[Sample]:
+    """Samples from ``.npz`` files and folders of them (see :func:`sample_files`), in order. Each
+    file is read by :func:`load_samples`, so samples of different files may have different
+    shapes (variable-width crops, sentences of different lengths)."""
+    return [sample for path in sample_files(paths) for sample in load_samples(path, model)]
+
+
+def _is_paths(data) -> bool:
+    if isinstance(data, (str, os.PathLike)):
+        return True
+    return isinstance(data, Sequence) and bool(data) and all(isinstance(d, (str, os.PathLike)) for d in data)
+
+
 @dataclasses.dataclass
 class InputConfig:
-    """Where samples come from: a data file, or seeded random data with optional shapes."""
+    """Where samples come from: data files (an ``.npz``, a folder of them, or a list of either),
+    samples given directly, or seeded random data with optional shapes."""
 
-    data: str | os.PathLike | Sample | Sequence[Sample] | None = None
+    data: str | os.PathLike | Sequence[str | os.PathLike] | Sample | Sequence[Sample] | None = None
     shapes: Mapping[str, Sequence[int]] | None = None
     count: int = 2
     seed: int = 0
@@ -449,6 +480,6 @@ class InputConfig:
     def samples(self, model: ir.Model) -> list[Sample]:
         if self.data is None:
             return random_samples(model, self.count, self.seed, self.shapes, self.default_dim)
-        if isinstance(self.data, (str, os.PathLike)):
-            return load_samples(self.data, model)
+        if _is_paths(self.data):
+            return load_sample_files(self.data, model)
         return conform(model, self.data, self.label)

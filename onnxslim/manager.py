@@ -25,7 +25,7 @@ from . import model_io, registry, runtime, shapes, stats, validation
 from .budget import Budget, Metric
 from .constants import model_fingerprint
 from .calibration import Calibration
-from .errors import ModelError, PassFailedError, UsageError, arg
+from .errors import EXIT_INCOMPLETE, ModelError, PassFailedError, UsageError, arg
 from .inputs import MAX_SAMPLES, RETRY_DIMS, DefaultedDimsWarning, InputConfig, Sample, check_shape_names, check_shapes, resolve_shapes
 from .pass_api import Pass, PassContext
 from .report import APPLIED, FAILED, NO_CHANGE, ROLLED_BACK, SKIPPED, PassReport, Report
@@ -43,6 +43,16 @@ class OptimizeResult:
     source: Path | None = None
     #: The files the input model was read from (see :attr:`model_io.Document.files`).
     input_files: frozenset[Path] = frozenset()
+
+    @property
+    def complete(self) -> bool:
+        """Every requested pass applied or had nothing to do (none rolled back or failed)."""
+        return not self.report.incomplete
+
+    def exit_code(self, allow_rollback: bool = False) -> int:
+        """What the CLI returns for this run: 0, or :data:`~onnxslim.errors.EXIT_INCOMPLETE` (3)
+        when a pass was rolled back or failed and ``allow_rollback`` is not set."""
+        return 0 if self.complete or allow_rollback else EXIT_INCOMPLETE
 
     def save(self, path: str | os.PathLike, *, external_data: bool | None = None, in_place: bool = False) -> list[Path]:
         """Write the result atomically; refuse to overwrite the input unless ``in_place``, and
@@ -79,9 +89,9 @@ def optimize(
     model: model_io.ModelSource,
     passes: str | Sequence[PassSpec] | None = None,
     *,
-    inputs: str | os.PathLike | Sequence[Sample] | None = None,
+    inputs: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Sample] | None = None,
     input_shapes: Mapping[str, Sequence[int]] | None = None,
-    calibration: str | os.PathLike | Sequence[Sample] | None = None,
+    calibration: str | os.PathLike | Sequence[str | os.PathLike] | Sequence[Sample] | None = None,
     validate: bool = True,
     strict: bool = False,
     min_cosine: float | None = None,
@@ -102,8 +112,9 @@ def optimize(
 
     ``passes`` is a CLI-style string (``"prune:ratio=0.3,sparsify"``), or a list of pass
     objects, names or ``{"name": ..., **options}`` mappings. ``inputs``/``calibration`` are
-    ``.npz`` paths or lists of feed dicts (one dict: one sample), checked against the
-    input signature; without ``inputs``, ``samples`` seeded random
+    ``.npz`` paths, folders of ``.npz`` files, lists of those, or lists of feed dicts (one
+    dict: one sample), checked against the input signature; samples may differ in shape
+    (each is run on its own); without ``inputs``, ``samples`` seeded random
     samples are built from the input signature (``input_shapes`` fixes dynamic dims).
     ``tolerances`` maps output names to a :class:`Tolerance` (a number: its atol, rtol 0).
 

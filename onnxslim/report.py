@@ -96,6 +96,12 @@ class Report:
         return [k for k, v in self.final_checks.items() if v != "ok" and self.input_checks.get(k, "ok") == "ok"]
 
     @property
+    def incomplete(self) -> list[PassReport]:
+        """Requested passes that were rolled back or failed (a pass skipped because onnx-ir
+        cannot represent the model is not counted: the model is written unchanged, as asked)."""
+        return [row for row in self.passes if row.status in (ROLLED_BACK, FAILED)]
+
+    @property
     def after(self) -> ModelStats | None:
         for row in reversed(self.passes):
             if row.stats is not None:
@@ -119,6 +125,7 @@ class Report:
             "dry_run": self.dry_run,
             "wall_seconds": round(self.seconds, 4),
             "latency": _jsonable(self.latency),
+            "incomplete": [row.name for row in self.incomplete],
         }
 
     def to_json(self) -> str:

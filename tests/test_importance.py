@@ -292,17 +292,36 @@ def test_reconstruction_lowers_drift_through_gemm_and_matmul_bias():
     assert "reconstruction: refit 3 of 3 layers" in " ".join(result.notes)
 
 
-def test_too_few_calibration_rows_leave_the_weights_alone():
+def test_without_held_out_rows_the_weights_stay_alone():
     proto = fx.mlp()
-    calib = Calibration([fx.random_inputs(proto, seed=i) for i in range(3)])  # 3 rows, ~90 unknowns
+    calib = Calibration([fx.random_inputs(proto, seed=i, batch=1) for i in range(3)])  # 3 rows: none held out
     models = []
     for rec in (False, True):
         model = model_io.load(proto)
         result = Prune(ratio=0.3, criterion="l2", reconstruct=rec).run(model, PassContext(calibration=calib))
         models.append(model_io.to_proto(model).SerializeToString())
     assert not any(e["applied"] for e in result.details["reconstruction"]["layers"])
-    assert "too few calibration rows" in result.details["reconstruction"]["layers"][0]["reason"]
+    assert "no held-out calibration rows" in result.details["reconstruction"]["layers"][0]["reason"]
     assert models[0] == models[1]
+
+
+def test_fewer_rows_than_unknowns_still_refit_towards_the_original_weights():
+    """40 rows (32 fitted) for 91 unknowns per output in fc2: the ridge towards the sliced weights refits every
+    layer and lowers the drift on unseen inputs (it used to skip them: "too few rows")."""
+    proto = fx.mlp()
+    base = model_io.load(proto)
+    calib = Calibration([fx.random_inputs(proto, seed=i, batch=8) for i in range(5)])  # 40 rows
+    test = fx.random_inputs(proto, seed=100, batch=64)
+    ref = run(base, test)["logits"]
+    drift = {}
+    for rec in (False, True):
+        model = model_io.load(proto)
+        result = Prune(ratio=0.3, criterion="l2", reconstruct=rec).run(model, PassContext(calibration=calib))
+        drift[rec] = np.linalg.norm(run(model, test)["logits"] - ref) / np.linalg.norm(ref)
+    layers = result.details["reconstruction"]["layers"]
+    assert layers[0]["inputs"] > 40 and layers[0]["applied"]
+    assert any(e["applied"] for e in layers), result.details["reconstruction"]["summary"]
+    assert drift[True] < drift[False]
 
 
 @pytest.mark.parametrize("fixture,reason", [("int8_weights", "INT8"), ("if_model", "inside a subgraph")])
@@ -319,12 +338,12 @@ def test_layers_that_cannot_be_refit_are_reported(fixture, reason):
 # --------------------------------------------------------------------------- wiring in prune
 
 
-def test_prune_auto_uses_activation_and_reconstruction_with_calibration():
+def test_prune_auto_uses_obs_and_reconstruction_with_calibration():
     proto = fx.resnet()
     calib = Calibration([fx.random_inputs(proto, seed=i) for i in range(2)])
     model = model_io.load(proto)
     result = Prune(ratio=0.3).run(model, PassContext(calibration=calib))
-    assert result.details["criterion"] == "activation"
+    assert result.details["criterion"] == "obs"
     assert result.details["reconstruction"]["layers"]
     model = model_io.load(proto)
     result = Prune(ratio=0.3, reconstruct=False).run(model, PassContext(calibration=calib))

@@ -13,7 +13,7 @@ from fixtures import models as fx
 from onnxslim import model_io, optimize, runtime
 from onnxslim.errors import UsageError
 from onnxslim.pass_api import PassContext
-from onnxslim.passes.prune import Prune
+from onnxslim.passes.prune import Prune, fast_step
 
 FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "models"
 CORPUS = Path(os.path.expanduser("~/.cache/onnxslim-corpus"))
@@ -98,9 +98,13 @@ def test_fixture_prunes_and_stays_valid(name, ratio):
     assert [(o.name, o.type) for o in pruned.graph.output] == [(o.name, o.type) for o in proto.graph.output]
 
     details = result.details
-    # per group: floor(size * ratio) channels go
+    # per group: floor(size * ratio) channels go, rounded up to a fast width (round_to=8, at
+    # most a quarter of the group), heads not rounded
     for entry in details["pruned"]:
-        assert entry["after"] == entry["before"] - int(np.floor(entry["before"] * ratio + 1e-9))
+        keep = entry["before"] - int(np.floor(entry["before"] * ratio + 1e-9))
+        step = 1 if entry["kind"] == "heads" else fast_step(entry["before"], 8)
+        assert entry["after"] == min(entry["before"], -(-keep // step) * step)
+        assert entry["after"] % step == 0 or entry["after"] == entry["before"]
     # the MACs the test counts from the pruned weights match the pass's prediction (one sample)
     macs_before = independent_macs(proto, {k: v[:1] for k, v in feeds.items()})
     macs_after = independent_macs(pruned, {k: v[:1] for k, v in feeds.items()})
@@ -384,7 +388,7 @@ def test_activation_keeps_the_channels_with_the_largest_mean_abs_on_calibration_
 
 def test_global_target_removes_the_overall_fraction():
     model = model_io.load(fx.resnet())
-    result = Prune(ratio=0.4, target="global").run(model, PassContext())
+    result = Prune(ratio=0.4, target="global", round_to=1).run(model, PassContext())
     d = result.details
     assert d["channels_before"] - d["channels_after"] == int(0.4 * d["channels_before"])
 
@@ -394,7 +398,7 @@ def test_layer_ratios_hold_under_global_and_macs_targets(target):
     """Overridden groups take their fixed ratio; the ranking (or MACs bisection) covers the rest."""
     overrides = {"layer2.0.conv1*": 0.75, "layer1.0.conv1*": 0.0}
     model = model_io.load(fx.resnet())
-    result = Prune(target=target, ratio=0.4, macs=0.6, layer_ratios=overrides).run(model, PassContext())
+    result = Prune(target=target, ratio=0.4, macs=0.6, layer_ratios=overrides, round_to=1).run(model, PassContext())
     d = result.details
     pruned = {e["group"]: (e["before"], e["after"]) for e in d["pruned"]}
     assert pruned["layer2.0.conv1/Conv"] == (32, 8)
@@ -490,3 +494,15 @@ def test_paddle_ocr_detector_prunes_with_shapes_kept():
     before = run(model_io.load(CORPUS / "rapidocr_ppocrv4_det.onnx"), feeds)
     after = run(model, feeds)
     assert {k: v.shape for k, v in after.items()} == {k: v.shape for k, v in before.items()}
+
+
+def test_default_widths_are_fast_multiples():
+    """round_to=8 by default, at most a quarter of a small group; round_to=1 keeps the exact ratio."""
+    assert [fast_step(n, 8) for n in (3, 8, 16, 24, 32, 45, 512)] == [1, 2, 4, 4, 8, 8, 8]
+    assert fast_step(512, 1) == 1 and fast_step(512, 16) == 16
+    model = model_io.load(fx.resnet())
+    widths = {e["before"]: e["after"] for e in Prune(ratio=0.3).run(model, PassContext()).details["pruned"]}
+    assert widths == {16: 12, 32: 24}
+    model = model_io.load(fx.resnet())
+    widths = {e["before"]: e["after"] for e in Prune(ratio=0.3, round_to=1).run(model, PassContext()).details["pruned"]}
+    assert widths == {16: 12, 32: 23}
