@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
@@ -133,7 +134,9 @@ def _measured(model: ir.Model, concrete: Mapping[str, tuple], dims: Mapping[str,
     from ..errors import OnnxSlimError
 
     try:
-        sample = inputs.random_samples(model, 1, 0, dims)[0]
+        with warnings.catch_warnings():  # a private sample for shapes: the user was told at validation
+            warnings.simplefilter("ignore", inputs.DerivedValuesWarning)
+            sample = inputs.random_samples(model, 1, 0, dims)[0]
     except OnnxSlimError:
         return {}
     return stats.measured_shapes(model, concrete, sample)
