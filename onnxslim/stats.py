@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 import onnx_ir as ir
 
-from .constants import iter_nodes, model_constants
+from .constants import constant, iter_nodes, model_constants
 from . import sparse_codec
 from .model_io import inline_size
 from .shapes import ShapeInferenceError, concrete_shapes
@@ -70,6 +70,7 @@ def compute(
         arr = c.numpy()
         params += arr.size
         zeros += int(arr.size - np.count_nonzero(arr))
+    params += _integer_weight_params(model)
     by_precision: dict[str, int] = {}
     macs, unresolved = count_macs(model, input_shapes or {}, sample, by_precision)
     nodes = sum(1 for _ in iter_nodes(model))
@@ -77,6 +78,36 @@ def compute(
         nodes, params, macs, unresolved, nbytes, zeros, inline_size(model), symbolic_macs(model),
         by_precision if macs is not None else None,
     )
+
+
+#: Ops that compute with integer weights directly (no DequantizeLinear in front, so the float
+#: constant view does not see them): input index of the weight.
+_INTEGER_WEIGHT_INPUT = {"MatMulInteger": 1, "ConvInteger": 1, "QLinearMatMul": 3, "QLinearConv": 3}
+
+
+def _integer_weight_params(model: ir.Model) -> int:
+    """Parameters held as integers by quantized kernels (dynamic INT8, QLinear*, 4-bit
+    MatMulNBits): they are the model's weights too, so params do not fall to 0 after `quantize`."""
+    seen: set[int] = set()
+    total = 0
+    for node in iter_nodes(model):
+        if node.op_type == "MatMulNBits" and node.domain == "com.microsoft":
+            k, n = node.attributes.get_int("K", 0), node.attributes.get_int("N", 0)
+            if id(node.inputs[1]) not in seen:
+                seen.add(id(node.inputs[1]))
+                total += k * n
+            continue
+        index = _INTEGER_WEIGHT_INPUT.get(node.op_type)
+        if index is None or node.domain not in ("", "ai.onnx") or len(node.inputs) <= index:
+            continue
+        weight = node.inputs[index]
+        if weight is None or id(weight) in seen:
+            continue
+        c = constant(weight)
+        if c is not None and not c.dtype.is_floating_point():
+            seen.add(id(weight))
+            total += math.prod(c.shape)
+    return total
 
 
 def human(n: float) -> str:

@@ -79,6 +79,18 @@ def test_prune_then_quantize_within_one_point():
     assert abs(_accuracy(result.model) - _accuracy(CNN)) <= 0.01
 
 
+@pytest.mark.parametrize("mode", ["static", "dynamic"])
+def test_budget_prune_then_quantize_within_one_point(mode, tmp_path, monkeypatch):
+    monkeypatch.setenv("ONNXSLIM_CACHE_DIR", str(tmp_path))
+    calib = [{"input": DATA["x_train"][i : i + 64]} for i in range(0, len(DATA["x_train"]), 64)]
+    result = onnxslim.optimize(CNN, f"prune:target=budget,quantize:mode={mode}", calibration=calib, min_agreement=0.99)
+    assert [r.status for r in result.report.passes] == ["applied", "applied"]
+    assert _accuracy(result.model) >= _accuracy(CNN) - 0.01
+    assert result.report.after.macs <= 0.6 * result.report.before.macs
+    # integer weights (MatMulInteger/ConvInteger inputs, DequantizeLinear's) still count as parameters
+    assert result.report.after.params >= 0.9 * result.report.passes[0].stats.params
+
+
 def test_weight4_matmulnbits_with_stated_accuracy_level():
     result = onnxslim.optimize(MLP, "quantize:mode=weight4:block_size=16:accuracy_level=4", inputs=VAL)
     row = result.report.passes[-1]
