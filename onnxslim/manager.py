@@ -59,10 +59,25 @@ class OptimizeResult:
         if broken:
             detail = "; ".join(f"{k} {self.report.final_checks[k]}" for k in broken)
             raise PassFailedError(f"the optimized model fails a check the input model passes ({detail}); nothing written")
-        files = model_io.save(target, path, external_data=external_data)
+        if self._unchanged_single_file() and not external_data:
+            # Nothing changed: the input's own bytes, not a re-serialisation in another layout.
+            files = model_io.copy_atomic(self.source, path)
+        else:
+            files = model_io.save(target, path, external_data=external_data)
         self.report.output = str(path)
         self.report.output_bytes = sum(f.stat().st_size for f in files)
         return files
+
+
+    def _unchanged_single_file(self) -> bool:
+        target = self.model if self.model is not None else self.proto
+        return (
+            self.source is not None
+            and not any(row.status == APPLIED for row in self.report.passes)
+            and self.input_files <= {self.source.resolve()}
+            and target is not None
+            and target.ir_version <= model_io.MAX_IR_VERSION
+        )
 
 
 def _same_file(a: Path, b: Path) -> bool:

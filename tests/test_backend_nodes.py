@@ -126,10 +126,11 @@ def _identical(a, b) -> bool:
     return a.tobytes() == b.tobytes()
 
 
-def check_case(case, validated: bool = True) -> Outcome:
+def check_case(case, validated: bool = True, simplify: bool = False) -> Outcome:
     """Run one case through onnxruntime, then ``cleanup``, and classify the outcome.
 
-    ``validated`` also runs the pipeline with validation on the case's inputs (slower).
+    ``validated`` also runs the pipeline with validation on the case's inputs (slower);
+    ``simplify`` also runs the default pipeline (``simplify``) and compares within tolerance.
     """
     original = case.model.SerializeToString()
     feeds = feeds_of(case)
@@ -164,9 +165,10 @@ def check_case(case, validated: bool = True) -> Outcome:
         if not _identical(before, after):
             return Outcome(case.name, FAIL, f"output {index} changed after cleanup")
     status = result.report.passes[0].status
-    problem = _simplify_problem(case, feeds, reference)
-    if problem:
-        return Outcome(case.name, FAIL, problem)
+    if simplify:
+        problem = _simplify_problem(case, feeds, reference)
+        if problem:
+            return Outcome(case.name, FAIL, problem)
     if validated:
         problem = _validated_problem(case, feeds, status)
         if problem:
@@ -224,6 +226,16 @@ def _assert_ok(outcome: Outcome) -> None:
 @pytest.mark.parametrize("index", range(len(all_cases())), ids=[c.name for c in all_cases()])
 def test_backend_case(index):
     _assert_ok(check_case(all_cases()[index]))
+
+
+#: ``simplify`` costs ~0.3 s a case: every SIMPLIFY_STRIDE-th case in the default run.
+SIMPLIFY_STRIDE = 8
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("index", range(0, len(all_cases()), SIMPLIFY_STRIDE), ids=[c.name for c in all_cases()[::SIMPLIFY_STRIDE]])
+def test_backend_case_simplify(index):
+    _assert_ok(check_case(all_cases()[index], validated=False, simplify=True))
 
 
 @pytest.mark.parametrize("name", ["test_scan_sum", "test_scan9_sum", "test_scan9_multi_state", "test_identity_sequence"])

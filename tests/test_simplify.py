@@ -257,3 +257,23 @@ def test_corpus_models_lossless_and_at_most_the_simplifiers_nodes(name):
     assert all(m.within_tolerance for m in row.metrics)
     assert row.stats.nodes <= limit
     assert dict(result.model.metadata_props) == dict(model_io.load_document(path).model.metadata_props)
+
+
+@pytest.mark.parametrize("passes", ["zeros", "simplify", "cleanup"])
+def test_no_change_run_writes_the_input_bytes(tmp_path, passes):
+    """A run that changes nothing writes the input file as it was (zeros once added 187 bytes)."""
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(fx.mlp(), src)
+    result = onnxslim.optimize(src, passes)
+    assert result.report.passes[0].status == "no change"
+    result.save(out)
+    assert out.read_bytes() == src.read_bytes()
+
+
+def test_changed_run_is_written_fresh(tmp_path):
+    src, out = tmp_path / "in.onnx", tmp_path / "out.onnx"
+    onnx.save(fx.mobilenetv2(), src)
+    result = onnxslim.optimize(src)
+    assert result.report.passes[0].status == "applied"
+    result.save(out)
+    assert out.read_bytes() != src.read_bytes() and len(onnx.load(out).graph.node) < len(onnx.load(src).graph.node)
