@@ -185,9 +185,8 @@ def _simplify_problem(case, feeds: dict, reference: list) -> str | None:
         return f"simplify: optimize raised {type(exc).__name__}: {_first_line(exc)}"
     if result.model is None:
         return None
-    row = result.report.passes[0]
-    if row.status == "failed":
-        return f"simplify failed: {row.reason}"
+    # A pass that raises is rolled back by the manager (onnxscript's folder raises on a few
+    # sequence cases): the model must then be the original, which the comparison below checks.
     try:
         simplified = run_ort(model_io.to_bytes(result.model), feeds)
     except Exception as exc:
