@@ -62,6 +62,8 @@ class OptimizeResult:
         if self._unchanged_single_file() and not external_data:
             # Nothing changed: the input's own bytes, not a re-serialisation in another layout.
             files = model_io.copy_atomic(self.source, path)
+            if self.report.before is not None:  # the file written is the input's, byte for byte
+                self.report.before = dataclasses.replace(self.report.before, file_bytes=files[0].stat().st_size)
         else:
             files = model_io.save(target, path, external_data=external_data)
         self.report.output = str(path)

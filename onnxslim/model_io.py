@@ -444,6 +444,8 @@ def copy_atomic(source: Path, path: str | os.PathLike) -> list[Path]:
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise ModelError(f"{path}: output directory {directory} does not exist")
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory")
     if path.exists() and os.path.samefile(source, path):
         return [path]
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
