@@ -6,6 +6,10 @@
 
 from __future__ import annotations
 
+from ._lazy import defer_sympy
+
+defer_sympy()  # onnx-ir imports sympy (~0.5 s) only for arithmetic on symbolic dims
+
 from .errors import ModelError, OnnxSlimError, PassFailedError, UsageError
 from .manager import OptimizeResult, optimize
 from .model_io import load, save
