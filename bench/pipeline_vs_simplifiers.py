@@ -47,7 +47,9 @@ elif tool == "onnxsim":
     import onnx, onnxsim
     model, ok = onnxsim.simplify(onnx.load(src)); onnx.save(model, dst); code = 0 if ok else 1
 u = resource.getrusage(resource.RUSAGE_SELF)
-print(json.dumps({"code": code, "cpu": u.ru_utime + u.ru_stime, "rss": u.ru_maxrss * 1024}))
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forking parent.
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"code": code, "cpu": u.ru_utime + u.ru_stime, "rss": hwm * 1024}))
 """
 
 
@@ -65,28 +67,33 @@ def count_nodes(graph) -> int:
     return n
 
 
-def max_difference(src: Path, out: Path) -> float:
-    """Largest |Δ| over the outputs, relative to the largest |reference| (onnxruntime, no graph
-    optimizations, seeded inputs at the bench's shapes)."""
+def max_difference(src: Path, out: Path) -> tuple[float, float]:
+    """Largest |Δ| over the outputs, absolute and relative to the output's largest |reference|
+    (onnxruntime, no graph optimizations, seeded inputs at the bench's shapes)."""
     from onnxslim import model_io, validation
     from onnxslim.inputs import InputConfig
 
     model = model_io.load_document(src).model
     if model is None:
-        return float("nan")
+        return float("nan"), float("nan")
     feeds = InputConfig(None, SHAPES.get(src.name), 1, 0).samples(model)
     ref = validation.run_model(model, feeds)
     new = validation.run_model(model_io.load_document(out).model, feeds)
-    worst = 0.0
+    worst = worst_abs = 0.0
     for sample_ref, sample_new in zip(ref, new):
-        for a, b in zip(sample_ref, sample_new):
-            a, b = np.asarray(a), np.asarray(b)
+        if list(sample_ref) != list(sample_new):
+            return float("inf"), float("inf")
+        for name in sample_ref:
+            a, b = np.asarray(sample_ref[name]), np.asarray(sample_new[name])
+            if a.shape != b.shape:
+                return float("inf"), float("inf")
             if a.dtype.kind in "fc":
+                delta = float(np.max(np.abs(a - b))) if a.size else 0.0
                 scale = max(float(np.max(np.abs(a))) if a.size else 0.0, 1e-12)
-                worst = max(worst, float(np.max(np.abs(a - b))) / scale if a.size else 0.0)
+                worst, worst_abs = max(worst, delta / scale), max(worst_abs, delta)
             elif not np.array_equal(a, b):
-                return float("inf")
-    return worst
+                return float("inf"), float("inf")
+    return worst_abs, worst
 
 
 def default_models() -> list[Path]:
@@ -121,10 +128,10 @@ def main() -> None:
     peers = [t for t in tools if not t.startswith("ours")]
     print(
         f"{'model':<30} {'tool':<20} {'nodes':>11} {'CPU s':>7} {'CPU/best':>8} {'RSS MiB':>8} "
-        f"{'RSS/best':>8} {'RSS/file':>8} {'max rel Δ':>10}"
+        f"{'RSS/best':>8} {'RSS/file':>8} {'max |Δ|':>9} {'rel':>8}"
     )
     with tempfile.TemporaryDirectory() as tmp:
-        for model in args.models or default_models():
+        for model in [m.resolve() for m in args.models] or default_models():
             nodes_in = count_nodes(onnx.load(model, load_external_data=False).graph)
             runs: dict[str, list[dict]] = {t: [] for t in tools}
             for _ in range(args.repeat):
@@ -154,7 +161,7 @@ def main() -> None:
                 print(
                     f"{model.name[:30]:<30} {tool:<20} {nodes:>11} {r['cpu']:7.2f} "
                     f"{r['cpu'] / best_cpu:7.2f}× {r['rss'] / 2**20:8.0f} {r['rss'] / best_rss:7.2f}× "
-                    f"{r['rss'] / size:7.1f}× {r['diff']:10.2e}"
+                    f"{r['rss'] / size:7.1f}× {r['diff'][0]:9.2e} {r['diff'][1]:8.1e}"
                 )
             print()
 
