@@ -81,7 +81,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--dir", default=tempfile.gettempdir())
     parser.add_argument("--keep", action="store_true")
-    parser.add_argument("--passes", action="append", help="pipelines to measure (repeatable)")
+    parser.add_argument("--passes", action="append", help="pipelines to measure (repeatable; extra flags after a space)")
     args = parser.parse_args()
     pipelines = args.passes or ["unstructured:sparsity=0.9,sparsify", "simplify"]
     work = Path(tempfile.mkdtemp(prefix="bert_base_rss.", dir=args.dir))
@@ -92,7 +92,8 @@ def main() -> int:
         print(f"{'pipeline':<42} {'peak RSS MB':>12} {'× weights':>10} {'heap MB':>9} {'wall s':>8}")
         for passes in pipelines:
             out = work / "out.onnx"
-            peak = measure_peak([sys.executable, "-m", "onnxslim.cli", str(model), str(out), "--quiet", "--passes", passes])
+            spec, *flags = passes.split()
+            peak = measure_peak([sys.executable, "-m", "onnxslim.cli", str(model), str(out), "--quiet", "--passes", spec, *flags])
             print(
                 f"{passes:<42} {peak['peak'] / 1e6:12.0f} {peak['peak'] / weights:9.2f}× "
                 f"{peak.get('anon', 0) / 1e6:9.0f} {peak['seconds']:8.1f}"

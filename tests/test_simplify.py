@@ -277,3 +277,19 @@ def test_changed_run_is_written_fresh(tmp_path):
     assert result.report.passes[0].status == "applied"
     result.save(out)
     assert out.read_bytes() != src.read_bytes() and len(onnx.load(out).graph.node) < len(onnx.load(src).graph.node)
+
+
+def test_shape_inference_sees_csr_decodes_as_dense_inputs():
+    """Data propagation through a decode carried every element as a shape proto (GBs on BERT):
+    inference now treats each decode output as an input of its dense shape."""
+    from onnxslim import shapes
+
+    sparse = onnxslim.optimize(fx.mlp(), "unstructured:sparsity=0.9,sparsify", validate=False).model
+    decodes = list(sparse_codec.find_decodes(sparse))
+    inferred = shapes.infer(sparse, strict=True)
+    inputs = {i.name: [d.dim_value for d in i.type.tensor_type.shape.dim] for i in inferred.graph.input}
+    for decode in decodes:
+        assert inputs[decode.output.name] == list(decode.parts().shape)
+    assert not any(n.name in {m.name for d in decodes for m in d.nodes} for n in inferred.graph.node)
+    # The model itself keeps its decodes.
+    assert len(list(sparse_codec.find_decodes(sparse))) == len(decodes)
