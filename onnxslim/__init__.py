@@ -1,6 +1,6 @@
 """onnxslim: prune, sparsify and slim ONNX models, checked against onnxruntime after every pass.
 
->>> result = onnxslim.optimize("in.onnx", passes="cleanup")  # doctest: +SKIP
+>>> result = onnxslim.optimize("in.onnx")  # the default pipeline: simplify  # doctest: +SKIP
 >>> print(result.report.render()); result.save("out.onnx")   # doctest: +SKIP
 """
 

@@ -1070,20 +1070,23 @@ class ChannelAnalysis:
         self,
         keep: Mapping[ChannelGroup, np.ndarray | Sequence[int]] | None = None,
         input_shapes: Mapping[str, Sequence[int]] | None = None,
+        sample: Mapping[str, np.ndarray] | None = None,
     ) -> dict[str, int]:
         """MACs (Conv/ConvTranspose/Gemm/MatMul) and parameters now and after keeping ``keep``.
 
         MACs are counted at ``input_shapes``; dynamic dims not given count as 1 for a dim that
-        leads some input (the batch) and 64 elsewhere. Layers whose shapes inference cannot
-        resolve (inside If branches fed by computed shapes: Silero VAD) are left out of both
-        figures and counted in ``macs_unresolved``.
+        leads some input (the batch) and 64 elsewhere. With a ``sample`` (the pass context's),
+        shapes inference cannot resolve are measured on it as :func:`stats.count_macs` measures
+        them, so the prediction counts the layers the report counts. Layers still unresolved
+        (inside an If branch the sample does not take) are left out of both figures and counted
+        in ``macs_unresolved``.
         """
         kept = self._kept_components(keep)
 
         def frac(atoms: np.ndarray) -> float:
             return float(kept[self._comp[atoms]].mean()) if len(atoms) else 1.0
 
-        base, unresolved = self._layer_macs(input_shapes)
+        base, unresolved = self._layer_macs(input_shapes, sample)
         macs_before = sum(base.values())
         macs_after = 0.0
         for node, factors in self._layers:
@@ -1102,10 +1105,12 @@ class ChannelAnalysis:
             "params_after": int(round(params_after)),
         }
 
-    def _layer_macs(self, input_shapes: Mapping[str, Sequence[int]] | None) -> tuple[dict[int, int], int]:
+    def _layer_macs(
+        self, input_shapes: Mapping[str, Sequence[int]] | None, sample: Mapping[str, np.ndarray] | None = None
+    ) -> tuple[dict[int, int], int]:
         """MACs per layer node id at the input shapes, and how many layers have unknown shapes."""
         dims = {k: [int(d) for d in v] for k, v in (input_shapes or {}).items()}
-        key = tuple(sorted((k, tuple(v)) for k, v in dims.items()))
+        key = (tuple(sorted((k, tuple(v)) for k, v in dims.items())), sample is not None)
         if key in self._base_macs:
             return self._base_macs[key]
         inputs = [v for v in self.model.graph.inputs if v.shape is not None and len(v.shape)]
@@ -1122,9 +1127,11 @@ class ChannelAnalysis:
             concrete = shapes.concrete_shapes(self.model, dims)
         except shapes.ShapeInferenceError:
             concrete = {}
+        if sample is not None:
+            concrete.update(stats.measured_shapes(self.model, concrete, sample))
         result = {}
         for node, _ in self._layers:
-            macs = _node_macs(node, concrete, batch)
+            macs = _node_macs(node, concrete, batch if sample is None else None)  # measured: no guess
             if macs is not None:
                 result[id(node)] = macs
         self._base_macs[key] = result, len(self._layers) - len(result)
@@ -1246,7 +1253,7 @@ class ChannelAnalysis:
         return empty
 
 
-def _node_macs(node: ir.Node, concrete: Mapping[str, tuple], batch: int = 1) -> int | None:
+def _node_macs(node: ir.Node, concrete: Mapping[str, tuple], batch: int | None = 1) -> int | None:
     """Multiply-accumulates of one Conv/ConvTranspose/Gemm/MatMul at concrete shapes.
 
     A batch axis inference leaves open (a broadcast against a shape it could not compute)

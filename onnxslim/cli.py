@@ -8,41 +8,71 @@ import signal
 import sys
 import tempfile
 import threading
+import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from importlib import metadata
 from pathlib import Path
 
-from . import registry
-from .errors import ModelError, OnnxSlimError, UsageError
+from . import __version__, registry
+from .errors import ModelError, OnnxSlimError, UsageError, command_line, did_you_mean
 from .inputs import parse_shape_arg
 from .validation import Tolerance
 
 EPILOG = """\
+commands: onnxslim passes [NAME...]   the installed passes (or the named ones) with their options.
 passes: name[:key=value[:key=value]][,name...]   e.g. --passes "prune:ratio=0.3:criterion=l2,sparsify"
         list values are separated by '|', maps as 'k=v|k=v'; `onnxslim passes` lists passes and options.
 exit codes: 0 ok, 1 model problem or a pass failed under --strict, 2 usage error.
 """
 
 
-class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # one line, exit 2, like every other usage error
+class UsageParser(argparse.ArgumentParser):
+    """The parser of every onnxslim command: errors are one line (exit 2) and an unknown flag
+    gets the closest known one (``--inptus``: did you mean '--inputs'?)."""
+
+    def error(self, message: str) -> None:
+        prefix = "unrecognized arguments: "
+        if message.startswith(prefix):
+            flags = [s for s in self._option_string_actions if s.startswith("--")]
+            unknown = [w for w in message[len(prefix) :].split() if w.startswith("-")]
+            message += "".join(did_you_mean(w.partition("=")[0], flags) for w in unknown[:1])
         raise UsageError(message)
 
 
+def _version() -> str:
+    def version(dist: str) -> str:
+        try:
+            return metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    deps = ", ".join(f"{d} {version(d)}" for d in ("onnx", "onnxruntime", "onnx-ir"))
+    return f"onnxslim {__version__} ({deps}; python {sys.version.split()[0]})"
+
+
 def _parser() -> argparse.ArgumentParser:
-    p = _Parser(
+    p = UsageParser(
         prog="onnxslim",
         description="Prune, sparsify and slim an ONNX model; every pass is checked against onnxruntime.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    p.add_argument("input", help="input .onnx model (or 'passes' to list the available passes)")
+    p.add_argument("input", help="input .onnx model (or a command: 'passes' lists the available passes)")
     p.add_argument("output", nargs="?", help="output .onnx path (omit with --dry-run)")
-    p.add_argument("--passes", help="pipeline, e.g. 'zeros,prune:ratio=0.3,sparsify' (default: cleanup)")
+    p.add_argument("--passes", help="pipeline, e.g. 'zeros,prune:ratio=0.3,sparsify' (default: simplify)")
     p.add_argument("--recipe", help="TOML recipe listing [[pass]] tables in order")
     p.add_argument("--inputs", help=".npz of validation inputs keyed by input name (several samples allowed)")
     p.add_argument("--calibration", help=".npz of calibration inputs for data-driven passes")
     p.add_argument("--input-shape", action="append", default=[], metavar="NAME=1x3x224x224", help="fix a dynamic input shape (repeatable)")
+    p.add_argument(
+        "--input-shapes",
+        nargs="+",
+        action="extend",
+        default=[],
+        metavar="NAME:1,3,224,224",
+        help="the same, several in one flag, as onnxsim/OnnxSlim/Polygraphy write it",
+    )
     p.add_argument("--samples", type=int, default=2, help="random validation samples when --inputs is not given (default 2)")
     p.add_argument("--seed", type=int, default=0, help="seed for random inputs and random criteria")
     p.add_argument("--no-validate", action="store_true", help="skip the onnxruntime comparison after each pass")
@@ -52,12 +82,13 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--rtol", type=float, default=Tolerance.rtol, help="lossless tolerance: relative to max |reference|")
     p.add_argument("--tolerance", action="append", default=[], metavar="OUTPUT=ATOL[:RTOL]", help="per-output tolerance")
     p.add_argument("--report", help="write the JSON report here")
-    p.add_argument("--plot", help="write an SVG picture of the report here (size, MACs, drift per pass)")
+    p.add_argument("--plot", help="write an SVG picture of the report here (params, MACs, size, sparsity, drift per pass)")
     p.add_argument("--external-data", action="store_true", help="store weights in <output>.data (automatic above 2 GB)")
     p.add_argument("--in-place", action="store_true", help="allow the output to overwrite the input")
-    p.add_argument("--dry-run", action="store_true", help="run and report (passes with a dry_run option only plan), write no model")
+    p.add_argument("--dry-run", action="store_true", help="run the passes on a copy in memory and report what each would do; write no model")
     p.add_argument("--quiet", action="store_true", help="no progress and no table")
     p.add_argument("--debug", action="store_true", help="show tracebacks")
+    p.add_argument("--version", action="version", version=_version())
     return p
 
 
@@ -113,9 +144,11 @@ def _check_destinations(source: Path, output: Path | None, extras: dict[str, Pat
         seen.append(path)
 
 
-def list_passes() -> str:
+def list_passes(names: Sequence[str] = ()) -> str:
+    """Every installed pass (or the named ones) with its options, defaults and types."""
+    passes = {name: registry.get(name) for name in names} if names else registry.available()
     lines = []
-    for name, cls in registry.available().items():
+    for name, cls in passes.items():
         kind = "lossless" if cls.lossless else "lossy"
         lines.append(f"{name}  ({kind})  {cls.summary}")
         for spec in cls.option_specs():
@@ -123,19 +156,53 @@ def list_passes() -> str:
     return "\n".join(lines)
 
 
-def _apply_dry_run(pipeline: list) -> None:
-    import dataclasses
+def _passes_command(argv: Sequence[str]) -> int:
+    p = UsageParser(prog="onnxslim passes", description="The installed passes with their options and defaults.")
+    p.add_argument("names", nargs="*", metavar="NAME", help="show only these passes")
+    print(list_passes(p.parse_args(argv).names))
+    return 0
 
-    for p in pipeline:
-        if any(f.name == "dry_run" for f in dataclasses.fields(p.options)):
-            p.options = dataclasses.replace(p.options, dry_run=True)
+
+#: ``onnxslim COMMAND ...``: each takes the rest of the command line. A first argument that is a
+#: command's name runs the command (unless a file of that name is there).
+COMMANDS: dict[str, Callable[[Sequence[str]], int]] = {"passes": _passes_command}
+
+
+def _command(argv: Sequence[str]) -> Callable[[Sequence[str]], int] | None:
+    if argv and argv[0] in COMMANDS and not Path(argv[0]).is_file():
+        return COMMANDS[argv[0]]
+    return None
+
+
+def _shape_args(args: argparse.Namespace) -> dict[str, tuple[int, ...]]:
+    """``--input-shape`` and ``--input-shapes`` together; a name given twice is refused."""
+    shapes: dict[str, tuple[int, ...]] = {}
+    for text in [*args.input_shape, *args.input_shapes]:
+        name, shape = parse_shape_arg(text)
+        if name in shapes and shapes[name] != shape:
+            raise UsageError(f"input shape: {name!r} given twice ({'x'.join(map(str, shapes[name]))} and {'x'.join(map(str, shape))})")
+        shapes[name] = shape
+    return shapes
+
+
+def _take_back_output(args: argparse.Namespace) -> None:
+    """``in.onnx --input-shapes x:1,3 out.onnx``: the list swallowed the output path (a shape
+    always holds ':' or '='; a model path ends in .onnx)."""
+    values = args.input_shapes
+    if args.output is None and values and (values[-1].endswith(".onnx") or not any(c in values[-1] for c in ":=")):
+        args.output = values.pop()
 
 
 def run(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    command = _command(argv)
+    if command is not None:
+        return command(argv[1:])
+    started = time.perf_counter()
     args = _parser().parse_args(argv)
-    if args.input == "passes" and args.output is None:
-        print(list_passes())
-        return 0
+    _take_back_output(args)
+    if not Path(args.input).exists() and did_you_mean(args.input, COMMANDS):
+        raise UsageError(f"{args.input}: no such file or command{did_you_mean(args.input, COMMANDS)}")
     from .manager import optimize
 
     if args.output is None and not args.dry_run:
@@ -149,9 +216,7 @@ def run(argv: Sequence[str] | None = None) -> int:
     if output is not None and not args.in_place and source.exists() and output.exists() and _same_path(output, source):
         raise UsageError(f"{output}: refusing to overwrite the input model (use --in-place)")
     pipeline = registry.load_recipe(args.recipe) if args.recipe else registry.build_all(args.passes)
-    if args.dry_run:
-        _apply_dry_run(pipeline)
-    shapes = dict(parse_shape_arg(s) for s in args.input_shape)
+    shapes = _shape_args(args)
     result = optimize(
         source,
         pipeline,
@@ -167,10 +232,12 @@ def run(argv: Sequence[str] | None = None) -> int:
         seed=args.seed,
         progress=not args.quiet,
     )
+    result.report.dry_run = args.dry_run
     try:
         if output is not None and not args.dry_run:
             result.save(output, external_data=True if args.external_data else None, in_place=args.in_place)
     finally:  # a pipeline reads the report also when the result was refused
+        result.report.seconds = time.perf_counter() - started
         if "--report" in extras:
             result.report.write_json(extras["--report"])
         if "--plot" in extras:
@@ -198,12 +265,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, terminated) if in_main_thread else None
     try:
-        return run(argv)
+        with command_line():  # errors name flags (--in-place), not API arguments (in_place=True)
+            return run(argv)
     except OnnxSlimError as exc:
         if debug:
             raise
         print(f"onnxslim: error: {exc}", file=sys.stderr)
         return exc.exit_code
+    except BrokenPipeError:  # `onnxslim passes | head`: the reader left; nothing more to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
     except KeyboardInterrupt as exc:
         if exc.args == ("terminated",):
             print("onnxslim: terminated", file=sys.stderr)

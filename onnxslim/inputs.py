@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import onnx_ir as ir
 
-from .errors import UsageError
+from .errors import UsageError, arg, did_you_mean
 
 Sample = dict[str, np.ndarray]
 
@@ -39,14 +39,18 @@ def model_inputs(model: ir.Model) -> list[ir.Value]:
 
 
 def parse_shape_arg(text: str) -> tuple[str, tuple[int, ...]]:
-    """Parse ``name=1x3x224x224`` (``name=`` for a scalar)."""
-    name, sep, dims = text.rpartition("=")
-    if not sep or not name:
-        raise UsageError(f"--input-shape: expected name=1x3x224x224, got {text!r}")
+    """One input shape as the command line gives it: ours, ``name=1x3x224x224``, or the other
+    tools' (onnxsim, OnnxSlim, Polygraphy), ``name:1,3,224,224`` or ``name:[1,3,224,224]``.
+    A name may itself hold ``:`` (``input:0``): the last separator splits. ``name=`` is a scalar."""
+    sep = "=" if "=" in text else ":"
+    name, found, dims = text.rpartition(sep)
+    if not found or not name:
+        raise UsageError(f"input shape: expected name=1x3x224x224 or name:1,3,224,224, got {text!r}")
+    dims = dims.strip().removeprefix("[").removesuffix("]").replace(",", "x")
     try:
         shape = tuple(int(d) for d in dims.split("x")) if dims else ()
     except ValueError:
-        raise UsageError(f"--input-shape: bad dimensions in {text!r}") from None
+        raise UsageError(f"input shape: bad dimensions in {text!r}") from None
     return name, shape
 
 
@@ -55,7 +59,7 @@ def check_shapes(shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[
     if shapes is None:
         return None
     if not isinstance(shapes, Mapping):
-        raise UsageError(f"--input-shape: expected a mapping of input name to shape, got {type(shapes).__name__}")
+        raise UsageError(f"{arg('input_shapes')}: expected a mapping of input name to shape, got {type(shapes).__name__}")
     result = {}
     for name, dims in shapes.items():
         try:
@@ -63,7 +67,7 @@ def check_shapes(shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[
         except TypeError:
             shape = None
         if shape is None or not all(isinstance(d, (int, np.integer)) and d > 0 for d in shape):
-            raise UsageError(f"--input-shape: dimensions of {name!r} must be positive integers, got {dims!r}")
+            raise UsageError(f"{arg('input_shapes')}: dimensions of {name!r} must be positive integers, got {dims!r}")
         result[name] = tuple(int(d) for d in shape)
     return result
 
@@ -73,7 +77,8 @@ def check_shape_names(model: ir.Model, shapes: Mapping[str, Sequence[int]] | Non
     names = {v.name for v in model_inputs(model)}
     for name in shapes or {}:
         if name not in names:
-            raise UsageError(f"--input-shape: model has no input {name!r} (inputs: {', '.join(sorted(names))})")
+            hint = did_you_mean(name, names)
+            raise UsageError(f"{arg('input_shapes')}: model has no input {name!r}{hint} (inputs: {', '.join(sorted(names))})")
 
 
 def resolve_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
@@ -97,15 +102,15 @@ def resolve_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None) 
         if value.name in shapes:
             shape = tuple(shapes[value.name])
             if declared is not None and len(declared) != len(shape):
-                raise UsageError(f"--input-shape: input {value.name!r} has rank {len(declared)}, got {len(shape)} dims")
+                raise UsageError(f"{arg('input_shapes')}: input {value.name!r} has rank {len(declared)}, got {len(shape)} dims")
             if declared is not None:
                 for have, want in zip(declared, shape):
                     if isinstance(have, int) and have != want:
-                        raise UsageError(f"--input-shape: input {value.name!r} has fixed dim {have}, got {want}")
+                        raise UsageError(f"{arg('input_shapes')}: input {value.name!r} has fixed dim {have}, got {want}")
             resolved[value.name] = shape
             continue
         if declared is None:
-            raise UsageError(f"input {value.name!r} has no declared shape; give it with --input-shape {value.name}=...")
+            raise UsageError(f"input {value.name!r} has no declared shape; give it with {arg('input_shapes')} {value.name}=...")
         dims = []
         for axis, dim in enumerate(declared):
             if isinstance(dim, int):
@@ -123,7 +128,7 @@ def resolve_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None) 
         resolved[value.name] = tuple(dims)
     if defaulted:
         warnings.warn(
-            f"dynamic input dims defaulted ({', '.join(defaulted)}); set them with --input-shape",
+            f"dynamic input dims defaulted ({', '.join(defaulted)}); set them with {arg('input_shapes')}",
             DefaultedDimsWarning,
             stacklevel=2,
         )

@@ -24,7 +24,7 @@ import onnx_ir as ir
 from . import model_io, registry, runtime, shapes, stats, validation
 from .constants import model_fingerprint
 from .calibration import Calibration
-from .errors import ModelError, PassFailedError, UsageError
+from .errors import ModelError, PassFailedError, UsageError, arg
 from .inputs import DefaultedDimsWarning, InputConfig, Sample, check_shape_names, check_shapes
 from .pass_api import Pass, PassContext
 from .report import APPLIED, FAILED, NO_CHANGE, ROLLED_BACK, SKIPPED, PassReport, Report
@@ -51,14 +51,15 @@ class OptimizeResult:
         if not in_place:
             writes = model_io.output_files(path, model_io.uses_external_data(target, external_data))
             if self.source is not None and _same_file(path, self.source):
-                raise UsageError(f"{path}: refusing to overwrite the input model (use --in-place)")
+                raise UsageError(f"{path}: refusing to overwrite the input model (use {arg('in_place', True)})")
             clash = next((f for f in writes if f.resolve() in self.input_files), None)
             if clash is not None:
-                raise UsageError(f"{clash}: refusing to overwrite a file the input model is read from (use --in-place)")
+                raise UsageError(f"{clash}: refusing to overwrite a file the input model is read from (use {arg('in_place', True)})")
         broken = self.report.broken_checks
         if broken:
             detail = "; ".join(f"{k} {self.report.final_checks[k]}" for k in broken)
             raise PassFailedError(f"the optimized model fails a check the input model passes ({detail}); nothing written")
+        started = time.perf_counter()
         if self._unchanged_single_file() and not external_data:
             # Nothing changed: the input's own bytes, not a re-serialisation in another layout.
             files = model_io.copy_atomic(self.source, path)
@@ -66,6 +67,7 @@ class OptimizeResult:
                 self.report.before = dataclasses.replace(self.report.before, file_bytes=files[0].stat().st_size)
         else:
             files = model_io.save(target, path, external_data=external_data)
+        self.report.seconds += time.perf_counter() - started
         self.report.output = str(path)
         self.report.output_bytes = sum(f.stat().st_size for f in files)
         return files
@@ -106,7 +108,7 @@ def optimize(
     progress: bool = False,
     final_check: bool = True,
 ) -> OptimizeResult:
-    """Load ``model``, run ``passes`` (default: ``cleanup``) with validation after each one.
+    """Load ``model``, run ``passes`` (default: ``simplify``) with validation after each one.
 
     ``passes`` is a CLI-style string (``"prune:ratio=0.3,sparsify"``), or a list of pass
     objects, names or ``{"name": ..., **options}`` mappings. ``inputs``/``calibration`` are
@@ -115,14 +117,15 @@ def optimize(
     samples are built from the input signature (``input_shapes`` fixes dynamic dims).
     ``tolerances`` maps output names to a :class:`Tolerance` (a number: its atol, rtol 0).
     """
+    started = time.perf_counter()
     if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
-        raise UsageError(f"--min-cosine must be in [-1, 1], got {min_cosine}")
+        raise UsageError(f"{arg('min_cosine')} must be in [-1, 1], got {min_cosine}")
     if not isinstance(model, (str, os.PathLike, bytes, onnx.ModelProto, ir.Model)):
         raise UsageError(f"model: expected a path, bytes, an onnx.ModelProto or an ir.Model, got {type(model).__name__}")
     if not isinstance(samples, int) or samples < 1:
-        raise UsageError(f"--samples must be at least 1, got {samples!r}")
+        raise UsageError(f"{arg('samples')} must be at least 1, got {samples!r}")
     if not isinstance(seed, int) or seed < 0:
-        raise UsageError(f"--seed must be a non-negative integer, got {seed!r}")
+        raise UsageError(f"{arg('seed')} must be a non-negative integer, got {seed!r}")
     input_shapes = check_shapes(input_shapes)
     pipeline = registry.build_all(passes)
     doc = model_io.load_document(model)
@@ -135,6 +138,7 @@ def optimize(
                 PassReport(p.name, p.lossless, SKIPPED, reason=f"onnx-ir cannot represent the model ({doc.unsupported})")
             )
         report.warnings.append(f"model kept unchanged: {doc.unsupported}")
+        report.seconds = time.perf_counter() - started
         return OptimizeResult(None, report, doc.proto, source, doc.files)
 
     current = doc.model
@@ -179,7 +183,7 @@ def optimize(
     # Outputs of the model as it stands before each pass: a lossless pass must reproduce these
     # (not the original's, which an earlier lossy pass has legitimately moved away from).
     previous = reference
-    ctx = PassContext(calibration=calib, progress=console.progress, seed=seed, input_shapes=shape_map)
+    ctx = PassContext(calibration=calib, progress=console.progress, seed=seed, input_shapes=shape_map, sample=first)
     for index, p in enumerate(pipeline, 1):
         console.step(f"[{index}/{len(pipeline)}] {p.name}")
         row = PassReport(p.name, p.lossless, NO_CHANGE, options=dataclasses.asdict(p.options))
@@ -227,6 +231,7 @@ def optimize(
         if any(v != "ok" for v in report.final_checks.values()) and not isinstance(model, ir.Model):
             # Only a check the input model passes is this run's fault: look at a fresh copy.
             report.input_checks = _final_checks(model_io.load_document(model).model)
+    report.seconds = time.perf_counter() - started
     return OptimizeResult(current, report, None, source, doc.files)
 
 

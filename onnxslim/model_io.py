@@ -24,7 +24,7 @@ from google.protobuf.message import DecodeError
 
 from . import wire
 from .constants import SPARSE_FORMAT_KEY, all_graphs
-from .errors import ModelError, UsageError
+from .errors import ModelError, UsageError, did_you_mean
 
 #: onnxruntime 1.31 refuses IR version 14 (onnx 1.23's default); never write more than this.
 MAX_IR_VERSION = 13
@@ -59,6 +59,15 @@ def load(source: ModelSource) -> ir.Model:
     return doc.model
 
 
+def _nearby(path: Path) -> str:
+    """`` (did you mean 'resnet.onnx'?)`` for a file of a close name in the same folder."""
+    try:
+        names = [p.name for p in path.parent.iterdir()] if path.parent.is_dir() else []
+    except OSError:
+        names = []
+    return did_you_mean(path.name, names, n=1)
+
+
 def load_document(source: ModelSource) -> Document:
     """Load a model from a path, bytes, a ModelProto or an ``ir.Model`` with every input check."""
     if isinstance(source, ir.Model):
@@ -71,10 +80,11 @@ def load_document(source: ModelSource) -> Document:
         proto = _parse(bytes(source), "<bytes>")
     else:
         path = Path(source)
+        # A path that names no file is a usage error (exit 2), like a missing recipe or data file.
         if not path.exists():
-            raise ModelError(f"{path}: no such file")
+            raise UsageError(f"{path}: no such file{_nearby(path)}")
         if path.is_dir():
-            raise ModelError(f"{path}: is a directory, not an ONNX file")
+            raise UsageError(f"{path}: is a directory, not an ONNX file")
         proto = _parse_path(path)
     where = str(path) if path else "model"
     base_dir = path.parent if path else None

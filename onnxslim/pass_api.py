@@ -17,7 +17,7 @@ from typing import Any, ClassVar, Literal
 
 import onnx_ir as ir
 
-from .errors import UsageError
+from .errors import UsageError, did_you_mean
 
 if typing.TYPE_CHECKING:  # pragma: no cover
     from .calibration import Calibration
@@ -56,6 +56,9 @@ class PassContext:
     #: Concrete input shapes the model is validated at (``--input-shape`` or the validation
     #: data's); passes that predict MACs use them. Empty when unknown.
     input_shapes: dict[str, list[int]] = dataclasses.field(default_factory=dict)
+    #: One validation sample (None when there is none): shapes that inference cannot resolve are
+    #: measured on it, as the report's statistics measure them, so predicted MACs count the same.
+    sample: dict[str, Any] | None = None
 
 
 class Pass:
@@ -137,8 +140,8 @@ def _option_hints(cls: type[Pass]) -> dict[str, Any]:
 
 
 def _unknown_option(cls: type[Pass], key: str) -> str:
-    known = ", ".join(f.name for f in dataclasses.fields(cls.Options)) or "none"
-    return f"pass {cls.name!r} has no option {key!r} (options: {known})"
+    names = [f.name for f in dataclasses.fields(cls.Options)]
+    return f"pass {cls.name!r} has no option {key!r}{did_you_mean(key, names)} (options: {', '.join(names) or 'none'})"
 
 
 def _build_options(cls: type[Pass], kwargs: dict[str, Any]) -> Any:
@@ -217,7 +220,8 @@ def coerce_value(value: Any, tp: Any, where: str) -> Any:
         raise UsageError(f"{where}: expected {type_name(tp)}, got {value!r}")
     if origin is Literal:
         if value not in args:
-            raise UsageError(f"{where}: expected one of {', '.join(map(str, args))}, got {value!r}")
+            hint = did_you_mean(value, map(str, args)) if isinstance(value, str) else ""
+            raise UsageError(f"{where}: expected one of {', '.join(map(str, args))}, got {value!r}{hint}")
         return value
     if origin in (list, tuple):
         if isinstance(value, str):

@@ -14,7 +14,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from .errors import UsageError
+from .errors import UsageError, arg, did_you_mean
 from .pass_api import Pass
 
 ENTRY_POINT_GROUP = "onnxslim.passes"
@@ -52,8 +52,8 @@ def get(name: str) -> type[Pass]:
         return _extra[name]
     ep = _entry_points().get(name)
     if ep is None:
-        known = ", ".join(sorted(set(_entry_points()) | set(_extra)))
-        raise UsageError(f"unknown pass {name!r} (available: {known})")
+        names = sorted(set(_entry_points()) | set(_extra))
+        raise UsageError(f"unknown pass {name!r}{did_you_mean(name, names)} (available: {', '.join(names)})")
     try:
         cls = ep.load()
     except Exception as exc:
@@ -79,7 +79,7 @@ def parse_pipeline(text: str) -> list[Pass]:
             values[key.strip()] = value.strip()
         passes.append(get(name.strip()).from_strings(values))
     if not passes:
-        raise UsageError("--passes is empty")
+        raise UsageError(f"{arg('passes')} is empty")
     return passes
 
 
@@ -107,7 +107,8 @@ def load_recipe(path: str | Path) -> list[Pass]:
         raise UsageError(f"{path}: not a valid TOML recipe ({exc})") from None
     entries = data.get("pass")
     if not isinstance(entries, list) or not entries:
-        raise UsageError(f"{path}: a recipe lists passes as [[pass]] tables with a name")
+        found = next((f" (found [[{k}]]: did you mean [[pass]]?)" for k in data if did_you_mean(k, ["pass"])), "")
+        raise UsageError(f"{path}: a recipe lists passes as [[pass]] tables with a name{found}")
     return build_all(entries, where=str(path))
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,10 @@ class Report:
     output: str | None = None
     output_bytes: int | None = None
     warnings: list[str] = dataclasses.field(default_factory=list)
+    #: The passes ran on the copy in memory and nothing was written (``--dry-run``).
+    dry_run: bool = False
+    #: Wall time of the whole run: loading, reference outputs, passes, final checks, saving.
+    seconds: float = 0.0
 
     @property
     def broken_checks(self) -> list[str]:
@@ -105,6 +110,8 @@ class Report:
             "final_checks": _jsonable(self.final_checks),
             "input_checks": _jsonable(self.input_checks),
             "warnings": list(self.warnings),
+            "dry_run": self.dry_run,
+            "wall_seconds": round(self.seconds, 4),
         }
 
     def to_json(self) -> str:
@@ -115,12 +122,28 @@ class Report:
 
         write_text_atomic(Path(path), self.to_json() + "\n")
 
-    def table(self) -> Any:
-        """A rich Table: one row for the input model, one per pass."""
+    def status_text(self, row: PassReport) -> str:
+        """The row's status as the table shows it: a dry run's passes say so."""
+        return f"{row.status} (dry run)" if self.dry_run and row.status == APPLIED else row.status
+
+    def table(self, width: int = 80) -> Any:
+        """A rich Table that fits ``width`` columns: one row for the input model, one per pass;
+        numbers after each pass, each ratio (×) against the input model. When one line per pass
+        is too wide, ratios and tags take a second line and the per-pass time (in the JSON) goes."""
+        from rich.console import Console
+        from rich.measure import Measurement
+
+        wide = self._table(narrow=False)
+        console = Console(width=10_000, file=_Null())
+        if Measurement.get(console, console.options, wide).maximum <= width:
+            return wide
+        return self._table(narrow=True)
+
+    def _table(self, narrow: bool) -> Any:
+        from rich import box
         from rich.table import Table
 
-        table = Table(title="onnxslim", title_justify="left", show_lines=False)
-        for col, justify in [
+        columns = [
             ("pass", "left"),
             ("status", "left"),
             ("nodes", "right"),
@@ -131,46 +154,87 @@ class Report:
             ("max |Δ|", "right"),
             ("cosine", "right"),
             ("time", "right"),
-        ]:
-            table.add_column(col, justify=justify)
-        if self.before:
-            table.add_row("(input)", "", *_stat_cells(self.before, None), "", "", "")
-        prev = self.before
-        for row in self.passes:
-            status = row.status + (f": {row.reason}" if row.reason else "")
-            style = {APPLIED: "green", ROLLED_BACK: "yellow", FAILED: "red"}.get(row.status, "dim")
-            cells = _stat_cells(row.stats, prev) if row.stats else ["", "", "", "", ""]
-            tag = "lossless" if row.lossless else "lossy"
-            table.add_row(
-                f"{row.name} ({tag})",
-                f"[{style}]{_escape(status)}[/{style}]",
-                *cells,
-                _fmt_err(row.max_abs),
-                "" if row.min_cosine is None else f"{row.min_cosine:.6f}",
-                f"{row.seconds + row.validate_seconds:.2f}s",
+        ]
+        if narrow:
+            columns = columns[:-1]
+        # Narrow: ratios and the lossless/lossy tag go on a second line, the status wraps.
+        sep = "\n" if narrow else " "
+        title = "onnxslim" + (" — DRY RUN, nothing written" if self.dry_run else "") + ": × is the ratio to the input"
+        table = Table(
+            title=title,
+            title_justify="left",
+            box=box.SIMPLE_HEAD,
+            show_edge=False,
+            pad_edge=False,
+            padding=(0, 1 if not narrow else 0),  # narrow: one space (the divider) between columns
+            collapse_padding=True,
+        )
+        longest = max((len(row.name) for row in self.passes), default=0)
+        for col, justify in columns:
+            table.add_column(
+                col,
+                justify=justify,
+                no_wrap=col in ("nodes", "sparsity", "max |Δ|", "cosine", "time"),
+                min_width=max(longest, len("(lossless)")) if col == "pass" else None,
+                max_width=len("(dry run)") if narrow and col == "status" else None,
             )
-            if row.stats is not None:
-                prev = row.stats
+        rows = [["(input)", "", *_stat_cells(self.before, None, sep), "", "", ""]] if self.before else []
+        for row in self.passes:
+            style = {APPLIED: "green", ROLLED_BACK: "yellow", FAILED: "red"}.get(row.status, "dim")
+            cells = _stat_cells(row.stats, self.before, sep) if row.stats else ["", "", "", "", ""]
+            tag = "lossless" if row.lossless else "lossy"
+            rows.append(
+                [
+                    f"{row.name}{sep}[dim]({tag})[/dim]",
+                    f"[{style}]{self.status_text(row)}[/{style}]",
+                    *cells,
+                    _fmt_err(row.max_abs, 1 if narrow else 2),
+                    "" if row.min_cosine is None else f"{row.min_cosine:.6f}",
+                    f"{row.seconds + row.validate_seconds:.2f}s",
+                ]
+            )
+        for cells in rows:
+            table.add_row(*cells[: len(columns)])
         return table
 
-    def render(self, width: int = 140) -> str:
+    def render(self, width: int | None = None) -> str:
+        """The table and what it needs said below it, at ``width`` columns (default: the
+        terminal's, 80 when not a terminal)."""
+        import shutil
+
         from rich.console import Console
 
+        width = width or shutil.get_terminal_size((80, 24)).columns
         console = Console(width=width, record=True, file=_Null())
-        console.print(self.table())
+        console.print(self.table(width))
+
+        def say(text: str) -> None:  # a line under the table; continuation lines indented
+            wrapped = textwrap.fill(text, width=width, initial_indent="  ", subsequent_indent="      ", break_on_hyphens=False)
+            console.print(wrapped, markup=False, highlight=False, soft_wrap=True)
+
         before, after = self.before, self.after
+        if before is not None:
+            say(f"sparsity: {SPARSITY_COUNTS}.")
         if before is not None and before.macs_symbolic:
             shapes = ", ".join(f"{k}={'x'.join(map(str, v))}" for k, v in self.input_shapes.items())
-            line = f"  MACs by dynamic dims: {before.macs_symbolic}"
+            line = f"MACs by dynamic dims: {before.macs_symbolic}"
             if after is not None and after is not before and after.macs_symbolic:
                 line += f" → {after.macs_symbolic}"
-            console.print(line + (f" (the table counts at {shapes})" if shapes else ""))
+            say(line + (f" (the table counts at {shapes})" if shapes else ""))
         for row in self.passes:
+            if row.reason:
+                say(f"{row.name}: {row.status}: {row.reason}")
             for note in row.notes[:20]:
-                console.print(f"  {row.name}: {_escape(note)}")
+                say(f"{row.name}: {note}")
             if len(row.notes) > 20:
-                console.print(f"  {row.name}: ... {len(row.notes) - 20} more notes in the JSON report")
+                say(f"{row.name}: ... {len(row.notes) - 20} more notes in the JSON report")
+        if self.seconds:
+            say(f"total {self.seconds:.2f}s wall (per pass and in all: in the JSON report)")
         return console.export_text()
+
+
+#: What the sparsity column counts (the JSON's ``zero_params`` / ``params``).
+SPARSITY_COUNTS = "zeros among all float weights (initializers and Constant tensors: weights, biases, norms; CSR as dense)"
 
 
 class _Null:
@@ -182,30 +246,33 @@ class _Null:
 
 
 def _escape(text: str) -> str:
+    """Text for a rich markup string (a '[' would open a tag)."""
     return text.replace("[", r"\[")
 
 
-def _fmt_err(value: float | None) -> str:
+def _fmt_err(value: float | None, digits: int = 2) -> str:
     if value is None:
         return ""
     if not math.isfinite(value):
         return "inf"
-    return f"{value:.2e}" if value else "0"
+    return f"{value:.{digits}e}" if value else "0"
 
 
-def _ratio(now: float | None, before: float | None) -> str:
+def _ratio(now: float | None, before: float | None, sep: str = " ") -> str:
+    """`` ×0.54``: against the input model (the one baseline of the table and the plot)."""
     if now is None or not before or now == before:
         return ""
-    return f" ({now / before:.2f}×)"
+    return f"{sep}×{now / before:.2f}"
 
 
-def _stat_cells(stats: ModelStats, prev: ModelStats | None) -> list[str]:
+def _stat_cells(stats: ModelStats, base: ModelStats | None, sep: str = " ") -> list[str]:
+    """nodes, params, MACs, size and sparsity; ratios against ``base`` (the input model)."""
     macs = "?" if stats.macs is None else human(stats.macs) + ("+?" if stats.macs_unresolved else "")
     return [
         f"{stats.nodes}",
-        human(stats.params) + _ratio(stats.params, prev.params if prev else None),
-        macs + _ratio(stats.macs, prev.macs if prev else None),
-        human(stats.file_bytes) + "B" + _ratio(stats.file_bytes, prev.file_bytes if prev else None),
+        human(stats.params) + _ratio(stats.params, base.params if base else None, sep),
+        macs + _ratio(stats.macs, base.macs if base else None, sep),
+        human(stats.file_bytes) + "B" + _ratio(stats.file_bytes, base.file_bytes if base else None, sep),
         f"{100 * stats.sparsity:.1f}%",
     ]
 

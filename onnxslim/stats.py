@@ -169,7 +169,7 @@ def count_macs(
     except ShapeInferenceError:
         shapes = {}
     if sample is not None:
-        shapes.update(_measured_shapes(model, shapes, sample))
+        shapes.update(measured_shapes(model, shapes, sample))
     if not shapes:
         return None, 0
     total = 0
@@ -228,7 +228,7 @@ def node_macs(node: ir.Node, shape: Callable[[ir.Value | None], tuple | None]) -
     return None if a[-1] is None or n_out is None else n_out * a[-1]
 
 
-def _measured_shapes(model: ir.Model, shapes: Mapping[str, tuple], sample: Mapping[str, np.ndarray]) -> dict[str, tuple]:
+def measured_shapes(model: ir.Model, shapes: Mapping[str, tuple], sample: Mapping[str, np.ndarray]) -> dict[str, tuple]:
     """Shapes of MAC-op tensors that inference left unknown, read from an onnxruntime run.
 
     onnxruntime cannot expose a value inside an If branch, so when such values are wanted the run

@@ -15,7 +15,7 @@ import numpy as np
 import onnx_ir as ir
 
 from . import runtime
-from .errors import UsageError
+from .errors import UsageError, did_you_mean
 from .inputs import Sample
 
 Outputs = list[dict[str, np.ndarray]]
@@ -47,7 +47,8 @@ def per_output(tolerances: Mapping[str, Tolerance | float] | None, outputs: Sequ
     result = {}
     for name, tol in (tolerances or {}).items():
         if name not in outputs:
-            raise UsageError(f"tolerance for {name!r}: the model has no such output (outputs: {', '.join(outputs)})")
+            hint = did_you_mean(name, outputs)
+            raise UsageError(f"tolerance for {name!r}: the model has no such output{hint} (outputs: {', '.join(outputs)})")
         if isinstance(tol, numbers.Real):
             tol = Tolerance(tol, 0.0)
         if not isinstance(tol, Tolerance):

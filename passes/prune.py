@@ -21,7 +21,7 @@ import onnx_ir as ir
 
 from onnxslim import channels
 from onnxslim.channels import ChannelAnalysis, ChannelGroup
-from onnxslim.errors import UsageError
+from onnxslim.errors import UsageError, arg
 from onnxslim.pass_api import Pass, PassContext, PassResult, option
 from onnxslim.stats import human
 
@@ -150,7 +150,7 @@ class Prune(Pass):
                 raise ValueError(f"criterion {criterion_name} returned shape {values.shape} for a group of {group.size}")
             scores[group] = values
         plan = self._plan(analysis, eligible, scores, ctx)
-        prediction = analysis.predict(plan, ctx.input_shapes or None)
+        prediction = analysis.predict(plan, ctx.input_shapes or None, ctx.sample)
         details = self._details(analysis, plan, skipped, criterion_name, prediction)
         fallback = getattr(score, "fallback", None)  # data-driven criteria: groups they could not measure
         fallbacks = [(g, fallback(g, ctx)) for g in eligible] if fallback is not None else []
@@ -186,7 +186,7 @@ class Prune(Pass):
         if fn is None:
             raise UsageError(f"prune:criterion={name} is not available (needs onnxslim.importance)")
         if name in DATA_CRITERIA and ctx.calibration is None:
-            raise UsageError(f"prune:criterion={name} needs calibration data (--calibration data.npz)")
+            raise UsageError(f"prune:criterion={name} needs calibration data ({arg('calibration', 'data.npz')})")
         return fn, name
 
     def _reconstructor(self, ctx: PassContext, notes: list[str]):
@@ -196,11 +196,11 @@ class Prune(Pass):
         if wanted is False or (wanted is None and ctx.calibration is None):
             return None
         if ctx.calibration is None:
-            raise UsageError("prune:reconstruct=true needs calibration data (--calibration data.npz)")
+            raise UsageError(f"prune:reconstruct=true needs calibration data ({arg('calibration', 'data.npz')})")
         factory = _optional("onnxslim.reconstruct", "Reconstructor")
         if factory is None:
             if wanted:
-                raise UsageError("prune:reconstruct=true needs onnxslim.reconstruct, which is not installed")
+                raise UsageError(f"prune:reconstruct=true needs onnxslim.reconstruct, which is not installed")
             notes.append("reconstruction skipped: onnxslim.reconstruct is not available")
             return None
         return factory()
@@ -254,7 +254,7 @@ class Prune(Pass):
             if o.target == "global":
                 ranked = self._global_counts(free, scores, o.ratio)
             else:
-                ranked = self._macs_counts(analysis, free, scores, fixed, ctx.input_shapes or None)
+                ranked = self._macs_counts(analysis, free, scores, fixed, ctx)
             counts = {**fixed, **ranked}
         return {g: _strongest(scores[g], counts[g]) for g in groups}
 
@@ -269,17 +269,19 @@ class Prune(Pass):
         removed = np.bincount(owner[order[:n_remove]], minlength=len(groups))
         return {g: self._n_keep(g, int(min(removed[i], g.size - 1))) for i, g in enumerate(groups)}
 
-    def _macs_counts(self, analysis: ChannelAnalysis, groups, scores, fixed, input_shapes) -> dict[ChannelGroup, int]:
+    def _macs_counts(self, analysis: ChannelAnalysis, groups, scores, fixed, ctx: PassContext) -> dict[ChannelGroup, int]:
         """Global ranking, with the removed fraction found by bisection to reach the MACs target
-        (MACs at the validation input shapes; the ``fixed`` groups' counts are given)."""
-        base = analysis.predict(None, input_shapes)["macs_before"]
+        (MACs at the validation input shapes, counted as the report counts them; the ``fixed``
+        groups' counts are given)."""
+        input_shapes, sample = ctx.input_shapes or None, ctx.sample
+        base = analysis.predict(None, input_shapes, sample)["macs_before"]
         if not base:
-            raise UsageError("prune:target=macs: no layer's MACs can be counted at these input shapes (--input-shape)")
+            raise UsageError(f"prune:target=macs: no layer's MACs can be counted at these input shapes ({arg('input_shapes')})")
 
         def counts_for(fraction: float):
             counts = self._global_counts(groups, scores, fraction)
             plan = {g: _strongest(scores[g], n) for g, n in {**fixed, **counts}.items()}
-            return counts, analysis.predict(plan, input_shapes)["macs_after"] / base
+            return counts, analysis.predict(plan, input_shapes, sample)["macs_after"] / base
 
         lo, hi = 0.0, 0.99
         best, ratio = counts_for(hi)

@@ -27,7 +27,7 @@ import onnx_ir as ir
 
 from onnxslim import shapes, sparse_codec
 from onnxslim.constants import ConstantTensor, constant, iter_nodes
-from onnxslim.errors import UsageError
+from onnxslim.errors import UsageError, arg
 from onnxslim.pass_api import Pass, PassContext, PassResult, option
 
 #: Op type -> (input-feature axis, output axis) of its weight (input 1); Gemm depends on transB.
@@ -78,7 +78,7 @@ class Unstructured(Pass):
     def run(self, model: ir.Model, ctx: PassContext) -> PassResult:
         opts = self.options
         if opts.criterion == "wanda" and ctx.calibration is None:
-            raise UsageError("unstructured:criterion=wanda needs calibration data (--calibration data.npz)")
+            raise UsageError(f"unstructured:criterion=wanda needs calibration data ({arg('calibration', 'data.npz')})")
         notes: list[str] = []
         hidden = sum(1 for _ in sparse_codec.find_decodes(model))
         if hidden:
@@ -191,7 +191,7 @@ class Unstructured(Pass):
             return PassResult(False, "no weight changed", details, notes)
         summary = (
             f"{len(rows)} layer(s): zeros {details['sparsity_before']:.1%} -> {details['sparsity_after']:.1%} "
-            f"of {size_total} weights ({self.options.criterion})"
+            f"of these layers' {size_total} weights ({self.options.criterion})"
         )
         return PassResult(True, summary, details, notes)
 

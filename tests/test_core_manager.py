@@ -162,15 +162,18 @@ def test_sample_arguments_are_checked(mlp_path):
 
 def test_api_arguments_are_usage_errors(mlp_path, tmp_path):
     for kwargs, message in [
-        ({"samples": 0}, "--samples must be at least 1"),
-        ({"samples": -1}, "--samples must be at least 1"),
-        ({"seed": -1}, "--seed must be a non-negative integer"),
+        ({"samples": 0}, "samples must be at least 1"),
+        ({"samples": -1}, "samples must be at least 1"),
+        ({"seed": -1}, "seed must be a non-negative integer"),
+        ({"min_cosine": 2.0}, "min_cosine must be in [-1, 1]"),
+        ({"input_shapes": {"nope": (1, 16)}}, "input_shapes: model has no input 'nope'"),
         ({"input_shapes": {"input": (-1, 16)}}, "must be positive integers"),
         ({"input_shapes": {"input": (0, 16)}}, "must be positive integers"),
         ({"input_shapes": {"input": 16}}, "must be positive integers"),
     ]:
-        with pytest.raises(UsageError, match=re.escape(message)):
+        with pytest.raises(UsageError, match=re.escape(message)) as info:
             onnxslim.optimize(mlp_path, **kwargs)
+        assert "--" not in str(info.value)  # the API's argument names, not the command line's flags
     for model in (None, 123):
         with pytest.raises(UsageError, match="expected a path, bytes, an onnx.ModelProto or an ir.Model"):
             onnxslim.optimize(model)

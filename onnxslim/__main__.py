@@ -1,0 +1,7 @@
+"""``python -m onnxslim ...``: the same as the ``onnxslim`` command."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())
