@@ -83,6 +83,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--tolerance", action="append", default=[], metavar="OUTPUT=ATOL[:RTOL]", help="per-output tolerance")
     p.add_argument("--report", help="write the JSON report here")
     p.add_argument("--plot", help="write an SVG picture of the report here (params, MACs, size, sparsity, drift per pass)")
+    p.add_argument("--measure-latency", action="store_true", help="time the input and the result side by side in onnxruntime (CPU, medians)")
     p.add_argument("--external-data", action="store_true", help="store weights in <output>.data (automatic above 2 GB)")
     p.add_argument("--in-place", action="store_true", help="allow the output to overwrite the input")
     p.add_argument("--dry-run", action="store_true", help="run the passes on a copy in memory and report what each would do; write no model")
@@ -231,6 +232,7 @@ def run(argv: Sequence[str] | None = None) -> int:
         samples=args.samples,
         seed=args.seed,
         progress=not args.quiet,
+        measure_latency=args.measure_latency,
     )
     result.report.dry_run = args.dry_run
     try:

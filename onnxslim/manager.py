@@ -107,6 +107,7 @@ def optimize(
     seed: int = 0,
     progress: bool = False,
     final_check: bool = True,
+    measure_latency: bool = False,
 ) -> OptimizeResult:
     """Load ``model``, run ``passes`` (default: ``simplify``) with validation after each one.
 
@@ -116,6 +117,8 @@ def optimize(
     input signature; without ``inputs``, ``samples`` seeded random
     samples are built from the input signature (``input_shapes`` fixes dynamic dims).
     ``tolerances`` maps output names to a :class:`Tolerance` (a number: its atol, rtol 0).
+    ``measure_latency`` times the input and the result side by side in onnxruntime (CPU, default
+    optimisation level, interleaved calls, medians) on the first validation sample.
     """
     started = time.perf_counter()
     if min_cosine is not None and not -1.0 <= min_cosine <= 1.0:
@@ -183,7 +186,13 @@ def optimize(
     # Outputs of the model as it stands before each pass: a lossless pass must reproduce these
     # (not the original's, which an earlier lossy pass has legitimately moved away from).
     previous = reference
-    ctx = PassContext(calibration=calib, progress=console.progress, seed=seed, input_shapes=shape_map, sample=first)
+    original = current.clone() if measure_latency else None  # tensors shared: passes never edit them in place
+    # The budget passes search within; a plain --min-cosine number until the core has a budget.
+    budget = min_cosine
+    ctx = PassContext(
+        calibration=calib, progress=console.progress, seed=seed, input_shapes=shape_map,
+        validation=feeds, reference=reference, budget=budget, sample=first,
+    )
     for index, p in enumerate(pipeline, 1):
         console.step(f"[{index}/{len(pipeline)}] {p.name}")
         row = PassReport(p.name, p.lossless, NO_CHANGE, options=dataclasses.asdict(p.options))
@@ -226,6 +235,9 @@ def optimize(
         report.passes.append(row)
         console.done(row)
 
+    if measure_latency and first is not None:
+        console.step("latency of the input and the result, side by side")
+        report.latency = _latency(original, current, first)
     if final_check:
         report.final_checks = _final_checks(current)
         if any(v != "ok" for v in report.final_checks.values()) and not isinstance(model, ir.Model):
@@ -233,6 +245,16 @@ def optimize(
             report.input_checks = _final_checks(model_io.load_document(model).model)
     report.seconds = time.perf_counter() - started
     return OptimizeResult(current, report, None, source, doc.files)
+
+
+def _latency(original: ir.Model, result: ir.Model, feeds: Sample) -> dict[str, Any]:
+    from . import latency
+
+    try:
+        before, after = latency.measure([original, result], feeds, rounds=30)
+    except ModelError as exc:
+        return {"error": str(exc)}
+    return {"before": before.to_dict(), "after": after.to_dict(), "speedup": before.median / after.median}
 
 
 def _first_line(exc: BaseException) -> str:

@@ -59,6 +59,12 @@ class PassContext:
     #: One validation sample (None when there is none): shapes that inference cannot resolve are
     #: measured on it, as the report's statistics measure them, so predicted MACs count the same.
     sample: dict[str, Any] | None = None
+    #: The validation samples (held out from calibration) the run is judged on, the original
+    #: model's outputs on them (None without validation), and the run's accuracy budget
+    #: (:class:`onnxslim.budget.Budget`): for passes that search within the budget.
+    validation: list = dataclasses.field(default_factory=list)
+    reference: list | None = None
+    budget: Any = None
 
 
 class Pass:

@@ -17,6 +17,16 @@ _DRIFT = "#e15759"
 _DRIFT_DECADES = 8
 
 
+def _low_precision_share(stats) -> str | None:
+    """``"MACs int8 97%"`` when part of the MACs run in other than float32."""
+    parts = getattr(stats, "macs_by_precision", None) or {}
+    total = sum(parts.values())
+    low = {k: v for k, v in parts.items() if not k.startswith("float")}
+    if not total or not low:
+        return None
+    return "MACs " + ", ".join(f"{k} {v / total:.0%}" for k, v in sorted(low.items(), key=lambda kv: -kv[1]))
+
+
 def report_svg(report: Report) -> str:
     before = report.before
     rows = [("input", "", before, None, None)]
@@ -91,6 +101,9 @@ def report_svg(report: Report) -> str:
         elif index:
             why = "model unchanged: drift as above" if status == NO_CHANGE else "not validated"
             out.append(f'<text x="{drift_x}" y="{mid:.1f}" font-size="11" fill="#999">{why}</text>')
+        low = _low_precision_share(stats)
+        if low:
+            out.append(f'<text x="10" y="{mid + 27:.1f}" font-size="10" fill="#333">{escape(low)}</text>')
         y += group_h
     out.append("</svg>")
     return "\n".join(out) + "\n"

@@ -83,6 +83,9 @@ class Report:
     dry_run: bool = False
     #: Wall time of the whole run: loading, reference outputs, passes, final checks, saving.
     seconds: float = 0.0
+    #: ``--measure-latency``: onnxruntime CPU latency of the input and the result, timed side by
+    #: side at the validation shapes (``{"before": Timing.to_dict(), "after": ..., "speedup": x}``).
+    latency: dict[str, Any] | None = None
 
     @property
     def broken_checks(self) -> list[str]:
@@ -112,6 +115,7 @@ class Report:
             "warnings": list(self.warnings),
             "dry_run": self.dry_run,
             "wall_seconds": round(self.seconds, 4),
+            "latency": _jsonable(self.latency),
         }
 
     def to_json(self) -> str:
@@ -221,6 +225,17 @@ class Report:
             if after is not None and after is not before and after.macs_symbolic:
                 line += f" → {after.macs_symbolic}"
             say(line + (f" (the table counts at {shapes})" if shapes else ""))
+        line = _precision_line(before, after)
+        if line:
+            say(line)
+        if self.latency and "error" in self.latency:
+            say(f"latency not measured: {self.latency['error']}")
+        elif self.latency:
+            b, a = self.latency["before"], self.latency["after"]
+            say(
+                f"latency (onnxruntime CPU, median of {a['calls']} interleaved calls): "
+                f"{b['median_ms']:.3f} ms → {a['median_ms']:.3f} ms ({self.latency['speedup']:.2f}×)"
+            )
         for row in self.passes:
             if row.reason:
                 say(f"{row.name}: {row.status}: {row.reason}")
@@ -235,6 +250,22 @@ class Report:
 
 #: What the sparsity column counts (the JSON's ``zero_params`` / ``params``).
 SPARSITY_COUNTS = "zeros among all float weights (initializers and Constant tensors: weights, biases, norms; CSR as dense)"
+
+
+def _precision_line(before: ModelStats | None, after: ModelStats | None) -> str | None:
+    """MACs by precision when any layer runs in other than float32 (before or after)."""
+
+    def split(stats: ModelStats | None) -> str | None:
+        parts = (stats.macs_by_precision or {}) if stats is not None else {}
+        if not parts or set(parts) == {"float32"}:
+            return None
+        return ", ".join(f"{k} {human(v)}" for k, v in sorted(parts.items(), key=lambda kv: -kv[1]))
+
+    now = split(after)
+    if now is None and split(before) is None:
+        return None
+    was = split(before) or (f"float32 {human(before.macs)}" if before is not None and before.macs else "?")
+    return f"MACs by precision: {was} → {now or (f'float32 {human(after.macs)}' if after and after.macs else '?')}"
 
 
 class _Null:

@@ -31,6 +31,9 @@ class ModelStats:
     #: MACs as a polynomial in the model's dynamic input dims (e.g. ``"1.18M·N·S + 8.19K·N·S²"``),
     #: for models with dynamic inputs whose MAC ops inference resolves; else None.
     macs_symbolic: str | None = None
+    #: The resolved MACs split by the precision they run in ("float32", "int8" for integer and
+    #: QDQ layers, "int4-weights" for MatMulNBits, …); None when MACs are unknown.
+    macs_by_precision: dict[str, int] | None = None
 
     @property
     def sparsity(self) -> float:
@@ -67,9 +70,13 @@ def compute(
         arr = c.numpy()
         params += arr.size
         zeros += int(arr.size - np.count_nonzero(arr))
-    macs, unresolved = count_macs(model, input_shapes or {}, sample)
+    by_precision: dict[str, int] = {}
+    macs, unresolved = count_macs(model, input_shapes or {}, sample, by_precision)
     nodes = sum(1 for _ in iter_nodes(model))
-    return ModelStats(nodes, params, macs, unresolved, nbytes, zeros, inline_size(model), symbolic_macs(model))
+    return ModelStats(
+        nodes, params, macs, unresolved, nbytes, zeros, inline_size(model), symbolic_macs(model),
+        by_precision if macs is not None else None,
+    )
 
 
 def human(n: float) -> str:
@@ -161,9 +168,13 @@ def _prod(dims: Sequence[int | None]) -> int | None:
 
 
 def count_macs(
-    model: ir.Model, input_shapes: Mapping[str, Sequence[int]], sample: Mapping[str, np.ndarray] | None = None
+    model: ir.Model,
+    input_shapes: Mapping[str, Sequence[int]],
+    sample: Mapping[str, np.ndarray] | None = None,
+    by_precision: dict[str, int] | None = None,
 ) -> tuple[int | None, int]:
-    """MACs of the compute-heavy ops at concrete input shapes; (None, 0) if inference fails."""
+    """MACs of the compute-heavy ops at concrete input shapes; (None, 0) if inference fails.
+    ``by_precision``, when given, receives the MACs per :func:`mac_precision`."""
     try:
         shapes = concrete_shapes(model, input_shapes)
     except ShapeInferenceError:
@@ -181,10 +192,37 @@ def count_macs(
                 unresolved += 1
             continue
         total += macs
+        if by_precision is not None:
+            key = mac_precision(node)
+            by_precision[key] = by_precision.get(key, 0) + macs
     return total, unresolved
 
 
-_MAC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"}
+_INT_NAMES = {ir.DataType.INT8: "int8", ir.DataType.UINT8: "int8", ir.DataType.INT16: "int16", ir.DataType.UINT16: "int16",
+              ir.DataType.INT4: "int4", ir.DataType.UINT4: "int4"}
+
+
+def mac_precision(node: ir.Node) -> str:
+    """The precision a MAC op computes in: integer ops and QDQ layers (both operands through
+    DequantizeLinear) by their integer type, weight-only quantized layers as ``int4-weights``
+    (MatMulNBits) or ``int8-weights``, others by their output's element type."""
+    op = node.op_type
+    if op == "MatMulNBits":
+        bits = node.attributes.get("bits")
+        return f"int{bits.as_int() if bits is not None else 4}-weights"
+    if op in ("ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul"):
+        return "int8"
+    dq = [v.producer() if v is not None else None for v in node.inputs[:2]]
+    kinds = [_INT_NAMES.get(p.inputs[0].dtype, "int8") if p is not None and p.op_type == "DequantizeLinear" else None for p in dq]
+    if kinds and all(kinds):
+        return kinds[0]
+    if len(kinds) > 1 and kinds[1]:
+        return f"{kinds[1]}-weights"
+    dtype = node.outputs[0].dtype if node.outputs else None
+    return dtype.numpy().name if dtype is not None else "float32"
+
+
+_MAC_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "ConvInteger", "MatMulInteger", "QLinearConv", "QLinearMatMul", "MatMulNBits"}
 
 
 def _lookup(shapes: Mapping[str, tuple]) -> Callable[[ir.Value | None], tuple | None]:
@@ -195,6 +233,10 @@ def node_macs(node: ir.Node, shape: Callable[[ir.Value | None], tuple | None]) -
     """Multiply-accumulates of one MAC op given each value's shape (None: unknown); the dims may
     be ints or :class:`Polynomial` terms. None for other ops or when a needed dim is unknown."""
     op = node.op_type
+    if op == "MatMulNBits" and node.domain == "com.microsoft":
+        out, k = shape(node.outputs[0]), node.attributes.get("K")
+        n_out = _prod(out) if out is not None else None
+        return None if n_out is None or k is None else n_out * k.as_int()
     if node.domain not in ("", "ai.onnx") or op not in _MAC_OPS:
         return None
     out = shape(node.outputs[0])
