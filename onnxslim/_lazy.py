@@ -16,7 +16,9 @@ import types
 
 class _DeferredModule(types.ModuleType):
     def __getattr__(self, name: str):
-        if name.startswith("__"):
+        # The import system asks for __path__ (submodules: ``import sympy.core``), star-imports
+        # for __all__: those need the real module too. Other dunders are probes: not found.
+        if name.startswith("__") and name not in ("__path__", "__all__", "__file__"):
             raise AttributeError(name)
         if sys.modules.get(self.__name__) is self:
             del sys.modules[self.__name__]

@@ -310,3 +310,16 @@ def test_corpus_encoder_keeps_its_dynamic_dims(tmp_path):
         feeds = {"input_ids": rng.integers(0, 1000, (batch, length)), "attention_mask": np.ones((batch, length), np.int64)}
         for a, b in zip(_run(onnx.load(path), feeds), _run(onnx.load(out), feeds)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_sympy_is_imported_on_first_use():
+    """onnx-ir imports sympy at import time; onnxslim defers it (start-up) without breaking it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, onnxslim.cli; assert 'sympy.core' not in sys.modules;"
+        "import onnx_ir as ir; assert str(ir.SymbolicDim('N') * 2) == '2*N';"
+        "import sympy.core; from sympy import Symbol; assert str(Symbol('a') + 1) == 'a + 1'"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
