@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import errno
+import logging
 import os
 import signal
 import sys
@@ -14,10 +16,14 @@ from collections.abc import Callable, Sequence
 from importlib import metadata
 from pathlib import Path
 
-from . import __version__, registry
-from .errors import ModelError, OnnxSlimError, UsageError, command_line, did_you_mean
-from .inputs import parse_shape_arg
-from .validation import Tolerance
+try:  # Ctrl-C while numpy, onnx and onnxruntime import (the first second) is no traceback either
+    from . import __version__, registry
+    from .errors import ModelError, OnnxSlimError, UsageError, command_line, did_you_mean
+    from .inputs import parse_shape_arg
+    from .validation import Tolerance
+except KeyboardInterrupt:
+    print("onnxslim: interrupted", file=sys.stderr)
+    raise SystemExit(130) from None
 
 EPILOG = """\
 commands: onnxslim passes [NAME...]   the installed passes (or the named ones) with their options.
@@ -111,6 +117,11 @@ def _destination(text: str, what: str) -> Path:
     """A file the run will write, checked before anything runs: not a directory, in a directory
     that exists and takes new files."""
     path = Path(text)
+    try:
+        os.stat(path)
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise UsageError(f"{what} {text}: a symbolic link loop") from None
     if not text or text.endswith(("/", os.sep)) or path.is_dir():
         raise UsageError(f"{what} {text!r}: not a file path")
     directory = path.parent
@@ -201,6 +212,8 @@ def run(argv: Sequence[str] | None = None) -> int:
         return command(argv[1:])
     started = time.perf_counter()
     args = _parser().parse_args(argv)
+    if args.quiet:  # libraries' log records (onnx-ir's "Skipped deduplication ...") too
+        logging.disable(logging.WARNING)
     _take_back_output(args)
     if not Path(args.input).exists() and did_you_mean(args.input, COMMANDS):
         raise UsageError(f"{args.input}: no such file or command{did_you_mean(args.input, COMMANDS)}")
@@ -266,6 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, terminated) if in_main_thread else None
+    logging_disabled = logging.root.manager.disable  # --quiet silences library logs for this run only
     try:
         with command_line():  # errors name flags (--in-place), not API arguments (in_place=True)
             return run(argv)
@@ -289,6 +303,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"onnxslim: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
         return 1
     finally:
+        logging.disable(logging_disabled)
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
 

@@ -1,20 +1,27 @@
 """Model inputs for validation and calibration: seeded from the signature, or the user's data.
 
-Random inputs are built from each graph input's dtype and shape. Dynamic dimensions come from
+Random inputs are built from each graph input's dtype and shape. Dynamic dimensions (named,
+unnamed, or written as a negative ``dim_value`` as Paddle exports do) come from
 ``--input-shape name=1x3x224x224``; otherwise the leading dimension is 1 and every other
 unknown dimension is :data:`DEFAULT_DIM` (a named dim gets one size across all inputs, and a
 name that is some input's leading dim is the batch) (64: divisible by a typical CNN's stride of 32 and a
-plausible sequence length), with a warning naming the dims chosen. Integer inputs get valid
-small ranges: Gather indices stay inside the table, "mask" inputs are ones, other ids are in
-``[0, 10)``.
+plausible sequence length), with a warning naming the dims chosen; when the model cannot run
+at those, the manager retries the larger :data:`RETRY_DIMS`. Integer inputs get values from
+how the graph uses them (:func:`derived_values`): constants they are compared with (one sample
+per value, so every branch they select is validated), Gather table sizes, Range/Slice steps;
+"mask" inputs are ones, other ids are in ``[0, 10)``.
+
+Built samples are bounded: all of them together take at most :data:`MAX_SAMPLE_BYTES`, and at
+most :data:`MAX_SAMPLES` are built (larger data comes with ``--inputs``).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -25,12 +32,32 @@ from .errors import UsageError, arg, did_you_mean
 Sample = dict[str, np.ndarray]
 
 DEFAULT_DIM = 64
+#: Larger sizes for the defaulted dims, tried in order when the model fails at the smaller ones
+#: (a voice-activity detector needs more than 64 samples; 16000 is one second of 16 kHz audio).
+RETRY_DIMS = (256, 1024, 16000)
 DEFAULT_BATCH = 1
 DEFAULT_INT_HIGH = 10
+#: The most bytes all built (random) samples may take together, and the most samples built.
+MAX_SAMPLE_BYTES = 1 << 30
+MAX_SAMPLES = 10_000
 
 
 class DefaultedDimsWarning(UserWarning):
     """Dynamic input dims were given default sizes (the model may not run at them)."""
+
+
+class DerivedValuesWarning(UserWarning):
+    """Integer inputs take values found in the graph (each one is validated)."""
+
+
+def fixed_dim(dim) -> int | None:
+    """A dim's fixed size, or None when it is dynamic: symbolic, unknown, or negative (Paddle
+    writes ``dim_value: -1`` for a dynamic dim)."""
+    return dim if isinstance(dim, int) and dim >= 0 else None
+
+
+def _dim_name(dim) -> str | None:
+    return str(dim.value) if not isinstance(dim, int) and dim.value is not None else None
 
 
 def model_inputs(model: ir.Model) -> list[ir.Value]:
@@ -81,7 +108,9 @@ def check_shape_names(model: ir.Model, shapes: Mapping[str, Sequence[int]] | Non
             raise UsageError(f"{arg('input_shapes')}: model has no input {name!r}{hint} (inputs: {', '.join(sorted(names))})")
 
 
-def resolve_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None) -> dict[str, tuple[int, ...]]:
+def resolve_shapes(
+    model: ir.Model, shapes: Mapping[str, Sequence[int]] | None, default_dim: int = DEFAULT_DIM
+) -> dict[str, tuple[int, ...]]:
     """A concrete shape for every input; unknown dims get documented defaults with a warning."""
     shapes = dict(shapes or {})
     inputs = model_inputs(model)
@@ -94,9 +123,9 @@ def resolve_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None) 
     for value in inputs:
         if value.name in shapes and value.shape is not None:
             for dim, size in zip(value.shape, shapes[value.name]):
-                if not isinstance(dim, int) and dim.value is not None:
-                    symbols.setdefault(str(dim.value), int(size))
-    batch_names = {str(v.shape[0].value) for v in inputs if v.shape is not None and len(v.shape) and not isinstance(v.shape[0], int)}
+                if _dim_name(dim) is not None:
+                    symbols.setdefault(_dim_name(dim), int(size))
+    batch_names = {_dim_name(v.shape[0]) for v in inputs if v.shape is not None and len(v.shape)} - {None}
     for value in inputs:
         declared = value.shape
         if value.name in shapes:
@@ -105,7 +134,7 @@ def resolve_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None) 
                 raise UsageError(f"{arg('input_shapes')}: input {value.name!r} has rank {len(declared)}, got {len(shape)} dims")
             if declared is not None:
                 for have, want in zip(declared, shape):
-                    if isinstance(have, int) and have != want:
+                    if fixed_dim(have) is not None and have != want:
                         raise UsageError(f"{arg('input_shapes')}: input {value.name!r} has fixed dim {have}, got {want}")
             resolved[value.name] = shape
             continue
@@ -113,14 +142,14 @@ def resolve_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None) 
             raise UsageError(f"input {value.name!r} has no declared shape; give it with {arg('input_shapes')} {value.name}=...")
         dims = []
         for axis, dim in enumerate(declared):
-            if isinstance(dim, int):
+            if fixed_dim(dim) is not None:
                 dims.append(dim)
                 continue
-            name = str(dim.value) if dim.value is not None else None
+            name = _dim_name(dim)
             if name is not None and name in symbols:
                 dims.append(symbols[name])
                 continue
-            size = DEFAULT_BATCH if axis == 0 or name in batch_names else DEFAULT_DIM
+            size = DEFAULT_BATCH if axis == 0 or name in batch_names else default_dim
             if name is not None:
                 symbols[name] = size
             dims.append(size)
@@ -135,49 +164,168 @@ def resolve_shapes(model: ir.Model, shapes: Mapping[str, Sequence[int]] | None) 
     return resolved
 
 
+def check_sample_size(model: ir.Model, shapes: Mapping[str, Sequence[int]], count: int) -> None:
+    """Refuse to build samples over :data:`MAX_SAMPLE_BYTES` (or more than :data:`MAX_SAMPLES`)
+    before allocating anything: a declared dim of 10**9 must not exhaust memory."""
+    if count > MAX_SAMPLES:
+        raise UsageError(f"{arg('samples')} {count}: at most {MAX_SAMPLES} random samples are built; give more data with {arg('inputs')}")
+    sizes = {}
+    for value in model_inputs(model):
+        if value.name in shapes and value.dtype is not None:
+            itemsize = value.dtype.itemsize if value.dtype != ir.DataType.STRING else 8
+            sizes[value.name] = math.prod(shapes[value.name]) * max(1, int(itemsize)) * count
+    total = sum(sizes.values())
+    if total > MAX_SAMPLE_BYTES:
+        name = max(sizes, key=sizes.get)
+        shape = "x".join(map(str, shapes[name]))
+        raise UsageError(
+            f"input {name!r} of shape {shape} needs {_gib(sizes[name])} for {count} random sample(s), over the "
+            f"{_gib(MAX_SAMPLE_BYTES)} limit for built samples; give data with {arg('inputs')} (or a smaller {arg('input_shapes')})"
+        )
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.3g} GiB"
+
+
+#: Ops that pass an integer through unchanged in value (to find how the graph uses an input).
+_VALUE_PRESERVING = {"Cast", "Reshape", "Squeeze", "Unsqueeze", "Identity", "Flatten", "Expand", "Gather"}
+_ORDERED_COMPARISONS = {"Greater", "Less", "GreaterOrEqual", "LessOrEqual"}
+
+
+def _constant(value: ir.Value | None) -> np.ndarray | None:
+    if value is None:
+        return None
+    if value.const_value is not None:
+        return value.const_value.numpy()
+    producer = value.producer()
+    if producer is not None and producer.op_type == "Constant" and "value" in producer.attributes:
+        return producer.attributes["value"].as_tensor().numpy()
+    return None
+
+
+def _uses(value: ir.Value) -> Iterator[tuple[ir.Node, int]]:
+    """Every (node, input index) reading ``value`` or a value-preserving view of it."""
+    seen, stack = set(), [value]
+    while stack:
+        current = stack.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        for use in current.uses():
+            node = use.node
+            if node.op_type in _VALUE_PRESERVING and use.idx == 0 and node.outputs:
+                stack.append(node.outputs[0])
+            else:
+                yield node, use.idx
+
+
 def _gather_bound(value: ir.Value) -> int | None:
     """If ``value`` indexes a constant table (Gather indices), the table's size along the axis."""
-    for use in value.uses():
-        node = use.node
-        if node.op_type == "Gather" and use.idx == 1:
-            table = node.inputs[0]
-            data = table.const_value if table is not None else None
-            if data is None and table is not None and table.producer() is not None:
-                prod = table.producer()
-                if prod.op_type == "Constant" and "value" in prod.attributes:
-                    data = prod.attributes["value"].as_tensor()
+    for node, idx in _uses(value):
+        if node.op_type == "Gather" and idx == 1:
+            data = _constant(node.inputs[0])
             if data is not None:
                 attr = node.attributes.get("axis")
                 axis = attr.as_int() if attr is not None else 0
                 return int(data.shape[axis])
-        if node.op_type in ("Cast", "Unsqueeze", "Reshape", "Identity") and use.idx == 0:
-            bound = _gather_bound(node.outputs[0])
-            if bound is not None:
-                return bound
     return None
 
 
+def derived_values(value: ir.Value) -> tuple[list[int], str] | None:
+    """Values an integer input should take, from how the graph uses it, and why: the constants it
+    is compared with (``Equal``: each constant and one value equal to none of them, so every
+    branch an ``If`` selects on it is reached; ordered comparisons: one value either side), or
+    1 where it is a ``Range`` delta or a ``Slice`` step (0 would be invalid) and 0 for a ``Slice``
+    axis. None when the graph says nothing."""
+    equal: set[int] = set()
+    ordered: set[int] = set()
+    fixed: set[int] = set()
+    for node, idx in _uses(value):
+        op = node.op_type
+        if op == "Equal" or op in _ORDERED_COMPARISONS:
+            other = _constant(node.inputs[1 - idx]) if idx in (0, 1) else None
+            if other is None or other.dtype.kind not in "iub" or other.size > 16:
+                continue
+            for c in (int(v) for v in other.reshape(-1)):
+                if op == "Equal":
+                    equal.add(c)
+                else:
+                    ordered.update((c - 1, c + 1))
+        elif (op == "Range" and idx == 2) or (op == "Slice" and idx == 4):
+            fixed.add(1)
+        elif op == "Slice" and idx == 3:
+            fixed.add(0)
+    if equal or ordered:
+        values = sorted(equal | ordered)
+        if equal:
+            values.append(next(v for v in range(len(values) + 1) if v not in equal | ordered))
+        why = ", ".join(
+            part for part in (
+                f"compared with {', '.join(map(str, sorted(equal)))}" if equal else "",
+                "ordered comparisons" if ordered else "",
+            ) if part
+        )
+        return values, why
+    if fixed:
+        return [min(fixed)], "Range delta / Slice step or axis"
+    return None
+
+
+def _fit(values: list[int], dtype: np.dtype) -> list[int]:
+    info = np.iinfo(dtype)
+    return list(dict.fromkeys(min(max(v, info.min), info.max) for v in values))
+
+
 def random_samples(
-    model: ir.Model, count: int = 1, seed: int = 0, shapes: Mapping[str, Sequence[int]] | None = None
+    model: ir.Model,
+    count: int = 1,
+    seed: int = 0,
+    shapes: Mapping[str, Sequence[int]] | None = None,
+    default_dim: int = DEFAULT_DIM,
 ) -> list[Sample]:
-    """``count`` seeded random samples matching the input signature."""
-    resolved = resolve_shapes(model, shapes)
+    """At least ``count`` seeded random samples matching the input signature (more when an
+    integer input takes more derived values than that: one sample per value)."""
+    resolved = resolve_shapes(model, shapes, default_dim)
     rng = np.random.default_rng(seed)
+    inputs = model_inputs(model)
+    derived: dict[str, list[int]] = {}
+    for value in inputs:
+        dtype = value.dtype
+        if dtype is None:
+            raise UsageError(f"input {value.name!r} has no declared type; provide data with --inputs")
+        if dtype.is_integer() and "mask" not in (value.name or "").lower():
+            found = derived_values(value)
+            if found is not None:
+                values = _fit(found[0], dtype.numpy())
+                bound = _gather_bound(value)
+                values = [v for v in values if bound is None or 0 <= v < bound] or values
+                derived[value.name] = values
+                if len(values) > 1 or found[1].startswith("compared"):
+                    warnings.warn(
+                        f"input {value.name!r} takes {', '.join(map(str, values))} (from the graph: {found[1]}); "
+                        "one sample per value",
+                        DerivedValuesWarning,
+                        stacklevel=2,
+                    )
+    count = max([count, *(len(v) for v in derived.values())])
+    check_sample_size(model, resolved, count)
     samples = []
-    for _ in range(count):
+    for index in range(count):
         sample: Sample = {}
-        for value in model_inputs(model):
+        for value in inputs:
             shape = resolved[value.name]
             dtype = value.dtype
-            if dtype is None:
-                raise UsageError(f"input {value.name!r} has no declared type; provide data with --inputs")
             np_dtype = dtype.numpy()
             if dtype == ir.DataType.BOOL:
                 arr = rng.random(shape) < 0.5
             elif dtype.is_floating_point():
                 arr = rng.standard_normal(shape).astype(np_dtype)
             elif dtype.is_integer():
-                if "mask" in (value.name or "").lower():
+                if value.name in derived:
+                    values = derived[value.name]
+                    arr = np.full(shape, values[index % len(values)], dtype=np_dtype)
+                elif "mask" in (value.name or "").lower():
                     arr = np.ones(shape, dtype=np_dtype)
                 else:
                     high = _gather_bound(value) or DEFAULT_INT_HIGH
@@ -186,7 +334,7 @@ def random_samples(
                 arr = np.array(rng.choice(["a", "b", "c"], size=shape), dtype=object)
             else:
                 raise UsageError(f"input {value.name!r} has type {dtype.name}; provide data with --inputs")
-            sample[value.name] = np.ascontiguousarray(arr)
+            sample[value.name] = np.asarray(arr, order="C")  # (ascontiguousarray makes a scalar 1-D)
         samples.append(sample)
     return samples
 
@@ -205,6 +353,10 @@ def load_samples(path: str | Path, model: ir.Model) -> list[Sample]:
             arrays = {k: data[k] for k in data.files}
     except Exception as exc:
         raise UsageError(f"{path}: not a readable .npz file ({type(exc).__name__})") from None
+    known = {v.name for v in model.graph.inputs}
+    unknown = sorted(set(arrays) - known)
+    if unknown:  # before counting samples: a misspelled key would read as a count mismatch
+        raise UsageError(f"{path}: model has no input {unknown[0]!r} (inputs: {', '.join(sorted(known))})")
     ranks = {v.name: len(v.shape) for v in model_inputs(model) if v.shape is not None}
     split = {name: list(arr) if arr.ndim == ranks.get(name, arr.ndim) + 1 else [arr] for name, arr in arrays.items()}
     counts = {len(arrs) for arrs in split.values()}
@@ -243,7 +395,27 @@ def conform(model: ir.Model, samples: Sample | Sequence[Sample], where: str) -> 
             if isinstance(value.type, ir.TensorType):
                 sample[value.name] = _conform_array(value, sample[value.name], label)
         result.append(sample)
+    _warn_non_finite(result, where)
     return result
+
+
+class NonFiniteDataWarning(UserWarning):
+    """User data holds NaN or inf (outputs compare NaN with NaN; drift and cosine skip them)."""
+
+
+def _warn_non_finite(samples: Sequence[Sample], where: str) -> None:
+    bad = {}
+    for sample in samples:
+        for name, arr in sample.items():
+            if isinstance(arr, np.ndarray) and arr.dtype.kind in "fc" and not np.isfinite(arr).all():
+                bad[name] = bad.get(name, 0) + int(arr.size - np.isfinite(arr).sum())
+    if bad:
+        listed = ", ".join(f"{name!r} ({n} values)" for name, n in bad.items())
+        warnings.warn(
+            f"{where}: NaN or inf in {listed}; max |Δ| and cosine skip them, so results on this data say less",
+            NonFiniteDataWarning,
+            stacklevel=3,
+        )
 
 
 def _conform_array(value: ir.Value, data, where: str) -> np.ndarray:
@@ -253,7 +425,7 @@ def _conform_array(value: ir.Value, data, where: str) -> np.ndarray:
         if arr.ndim != len(declared):
             raise UsageError(f"{where}: {value.name!r} has rank {arr.ndim}, the input has rank {len(declared)}")
         for axis, (have, want) in enumerate(zip(arr.shape, declared)):
-            if isinstance(want, int) and have != want:
+            if fixed_dim(want) is not None and have != want:
                 raise UsageError(f"{where}: {value.name!r} has shape {arr.shape}, the input has size {want} at axis {axis}")
     want = value.dtype.numpy() if value.dtype is not None else arr.dtype
     if not np.can_cast(arr.dtype, want, "same_kind"):
@@ -271,10 +443,12 @@ class InputConfig:
     seed: int = 0
     #: What the samples are for, in messages ("inputs", "calibration").
     label: str = "inputs"
+    #: The size given to dynamic dims that are neither batch nor set by ``shapes``.
+    default_dim: int = DEFAULT_DIM
 
     def samples(self, model: ir.Model) -> list[Sample]:
         if self.data is None:
-            return random_samples(model, self.count, self.seed, self.shapes)
+            return random_samples(model, self.count, self.seed, self.shapes, self.default_dim)
         if isinstance(self.data, (str, os.PathLike)):
             return load_samples(self.data, model)
         return conform(model, self.data, self.label)

@@ -25,7 +25,7 @@ from . import model_io, registry, runtime, shapes, stats, validation
 from .constants import model_fingerprint
 from .calibration import Calibration
 from .errors import ModelError, PassFailedError, UsageError, arg
-from .inputs import DefaultedDimsWarning, InputConfig, Sample, check_shape_names, check_shapes
+from .inputs import MAX_SAMPLES, RETRY_DIMS, DefaultedDimsWarning, InputConfig, Sample, check_shape_names, check_shapes, resolve_shapes
 from .pass_api import Pass, PassContext
 from .report import APPLIED, FAILED, NO_CHANGE, ROLLED_BACK, SKIPPED, PassReport, Report
 from .validation import Tolerance
@@ -127,6 +127,8 @@ def optimize(
         raise UsageError(f"model: expected a path, bytes, an onnx.ModelProto or an ir.Model, got {type(model).__name__}")
     if not isinstance(samples, int) or samples < 1:
         raise UsageError(f"{arg('samples')} must be at least 1, got {samples!r}")
+    if samples > MAX_SAMPLES:
+        raise UsageError(f"{arg('samples')} {samples}: at most {MAX_SAMPLES} random samples are built; give more data with {arg('inputs')}")
     if not isinstance(seed, int) or seed < 0:
         raise UsageError(f"{arg('seed')} must be a non-negative integer, got {seed!r}")
     input_shapes = check_shapes(input_shapes)
@@ -149,36 +151,34 @@ def optimize(
     check_shape_names(current, input_shapes)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
-        try:
-            feeds = InputConfig(inputs, input_shapes, samples, seed).samples(current)
-        except UsageError:
-            if validate or inputs is not None:
-                raise
-            # Without validation, samples only refine statistics (MACs at concrete shapes); a
-            # signature random data cannot fill (sequence inputs, undeclared shapes) is no error.
+        config = InputConfig(inputs, input_shapes, samples, seed)
+        reference, shape_map = None, None
+        if validate:
+            console.step("reference outputs of the original model")
+            feeds, reference = _reference_outputs(current, config, caught)
+        elif inputs is not None or measure_latency:  # latency is timed on a sample
+            feeds = config.samples(current)
+        else:
+            # Without validation no sample is built (a declared dim of 10**9 must not allocate);
+            # statistics use the shapes alone. A signature without shapes is no error here.
             feeds = []
+            try:
+                shape_map = {k: list(v) for k, v in resolve_shapes(current, input_shapes).items()}
+            except UsageError:
+                shape_map = {}
         calib = Calibration(InputConfig(calibration, input_shapes, samples, seed, "calibration").samples(current)) if calibration is not None else None
     report = Report(str(source) if source else None, None, validated=validate)
     report.warnings.extend(str(w.message) for w in caught)
     for message in report.warnings:
         console.warn(message)
     first = feeds[0] if feeds else None
-    shape_map = {k: list(v.shape) for k, v in (first or {}).items() if isinstance(v, np.ndarray)}
+    if shape_map is None:
+        shape_map = {k: list(v.shape) for k, v in (first or {}).items() if isinstance(v, np.ndarray)}
     report.input_shapes = shape_map
     report.samples = len(feeds)
     report.before = stats.compute(current, shape_map, first)
-
-    reference = None
-    if validate:
-        console.step("reference outputs of the original model")
-        try:
-            reference = validation.run_model(current, feeds)
-        except ModelError as exc:
-            if any(issubclass(w.category, DefaultedDimsWarning) for w in caught):
-                hint = "dynamic input dims were defaulted: set them with --input-shape, give --inputs, or --no-validate"
-            else:
-                hint = "use --no-validate to skip validation"
-            raise ModelError(f"{exc} (the original model; {hint})") from exc
+    # Which If branches the samples execute: a pass that changes one no sample reaches is named.
+    reached = validation.branches_reached(current, feeds) if validate else set()
 
     # Strict shape inference catches stale or wrong shapes a pass leaves behind; it is only a
     # criterion when the original model passes it (custom domains, for one, do not).
@@ -198,6 +198,7 @@ def optimize(
         row = PassReport(p.name, p.lossless, NO_CHANGE, options=dataclasses.asdict(p.options))
         snapshot = current.clone()
         fingerprint = model_fingerprint(current)
+        branches = validation.if_branches(current) if validate else {}
         start = time.perf_counter()
         try:
             result = p.run(current, ctx)
@@ -224,6 +225,7 @@ def optimize(
                     row.validate_seconds = time.perf_counter() - t0
                     if problem is None:
                         previous = outputs
+                        _name_unreached_branches(row, branches, validation.if_branches(current), reached)
                 if problem is not None:
                     row.status, row.reason = (FAILED if problem.startswith("broken") else ROLLED_BACK), problem
         if row.status in (FAILED, ROLLED_BACK):
@@ -245,6 +247,52 @@ def optimize(
             report.input_checks = _final_checks(model_io.load_document(model).model)
     report.seconds = time.perf_counter() - started
     return OptimizeResult(current, report, None, source, doc.files)
+
+
+def _reference_outputs(model: ir.Model, config: InputConfig, caught: list) -> tuple[list[Sample], validation.Outputs]:
+    """Samples and the original model's outputs on them. When the model fails at defaulted
+    dynamic dims, the larger :data:`~onnxslim.inputs.RETRY_DIMS` are tried in turn (a warning
+    says which worked); the samples' own warnings are kept in ``caught``."""
+    mark = len(caught)
+    feeds = config.samples(model)
+    try:
+        return feeds, validation.run_model(model, feeds)
+    except ModelError as exc:
+        failure = exc
+    defaulted = any(issubclass(w.category, DefaultedDimsWarning) for w in caught[mark:])
+    if defaulted and config.data is None:
+        for size in RETRY_DIMS:
+            retry = dataclasses.replace(config, default_dim=size)
+            with warnings.catch_warnings(record=True) as again:
+                warnings.simplefilter("always")
+                try:
+                    feeds = retry.samples(model)
+                except UsageError:  # over the sample size limit: stop growing
+                    break
+                try:
+                    outputs = validation.run_model(model, feeds)
+                except ModelError:
+                    continue
+            del caught[mark:]
+            caught.extend(again)
+            warnings.warn(f"the model does not run at the default size {config.default_dim} for dynamic dims ({failure}); validating at {size}")
+            return feeds, outputs
+        tried = ", ".join(map(str, RETRY_DIMS))
+        hint = f"dynamic input dims were defaulted (also tried sizes {tried}): set them with {arg('input_shapes')}, give {arg('inputs')}, or {arg('validate', False)}"
+    else:
+        hint = f"use {arg('validate', False)} to skip validation"
+    raise ModelError(f"{failure} (the original model; {hint})") from failure
+
+
+def _name_unreached_branches(row: PassReport, before: Mapping, after: Mapping, reached: set[str]) -> None:
+    """Name each If branch the pass changed that no validation sample executes: its outputs were
+    not compared."""
+    unreached = [b for b in validation.changed_branches(before, after) if b not in reached]
+    if unreached:
+        row.unvalidated_branches = unreached
+        row.notes.append(
+            f"not validated: no validation sample reaches {', '.join(unreached)}, which this pass changed (give {arg('inputs')} that take it)"
+        )
 
 
 def _latency(original: ir.Model, result: ir.Model, feeds: Sample) -> dict[str, Any]:

@@ -9,6 +9,7 @@ as sparse tensors, so nothing is lost and passes see ordinary weights.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import os
@@ -51,6 +52,77 @@ class Document:
     files: frozenset[Path] = frozenset()
 
 
+#: Value metadata: the axes the model declared as a negative ``dim_value`` (Paddle's ``-1``).
+NEGATIVE_DIMS_KEY = "onnxslim.negative_dims"
+
+
+def _values(model: ir.Model) -> Iterator[ir.Value]:
+    for graph in model.graphs():
+        yield from graph.inputs
+        yield from graph.outputs
+        for node in graph:
+            yield from (v for v in node.outputs if v is not None)
+
+
+def _normalise_negative_dims(model: ir.Model) -> None:
+    """A negative ``dim_value`` means a dynamic dim (Paddle writes -1): hold it as an unknown dim,
+    so that every shape consumer treats it as one, and remember it for :func:`_declared_dims`."""
+    for value in _values(model):
+        shape = value.shape
+        if shape is not None and any(isinstance(d, int) and d < 0 for d in shape):
+            value.meta[NEGATIVE_DIMS_KEY] = {i: d for i, d in enumerate(shape) if isinstance(d, int) and d < 0}
+            value.shape = ir.Shape([None if isinstance(d, int) and d < 0 else d for d in shape])
+
+
+#: Main-graph metadata: ``value_info`` entries the model declared for its own graph outputs, with
+#: the output's declaration they were written beside (onnx-ir keeps one type per value).
+OUTPUT_VALUE_INFO_KEY = "onnxslim.output_value_info"
+
+
+def _keep_output_value_info(proto: onnx.ModelProto, model: ir.Model) -> None:
+    outputs = {o.name: o for o in proto.graph.output}
+    kept = {vi.name: (outputs[vi.name].SerializeToString(), vi.SerializeToString()) for vi in proto.graph.value_info if vi.name in outputs}
+    if kept:
+        model.graph.meta[OUTPUT_VALUE_INFO_KEY] = kept
+
+
+def _restore_output_value_info(model: ir.Model, proto: onnx.ModelProto) -> None:
+    """Write back the kept ``value_info`` of each graph output whose declaration is unchanged."""
+    kept = model.graph.meta.get(OUTPUT_VALUE_INFO_KEY)
+    if not kept:
+        return
+    present = {vi.name for vi in proto.graph.value_info}
+    for out in proto.graph.output:
+        entry = kept.get(out.name)
+        if entry is not None and out.name not in present and out.SerializeToString() == entry[0]:
+            proto.graph.value_info.append(onnx.ValueInfoProto.FromString(entry[1]))
+
+
+@contextlib.contextmanager
+def _declared_dims(model: ir.Model) -> Iterator[None]:
+    """Put back the negative dims the model declared (where the dim is still unknown) while it is
+    serialised: the written model keeps its declaration."""
+    restored = []
+    for value in _values(model):
+        axes = value.meta.get(NEGATIVE_DIMS_KEY)
+        shape = value.shape
+        if not axes or shape is None:
+            continue
+        dims = list(shape)
+        changed = False
+        for axis, size in axes.items():
+            if axis < len(dims) and not isinstance(dims[axis], int) and dims[axis].value is None:
+                dims[axis], changed = size, True
+        if changed:
+            restored.append((value, shape))
+            value.shape = ir.Shape(dims)
+    try:
+        yield
+    finally:
+        for value, shape in restored:
+            value.shape = shape
+
+
 def load(source: ModelSource) -> ir.Model:
     """Load a model for editing; raise ``ModelError`` if it cannot be read or represented."""
     doc = load_document(source)
@@ -71,7 +143,9 @@ def _nearby(path: Path) -> str:
 def load_document(source: ModelSource) -> Document:
     """Load a model from a path, bytes, a ModelProto or an ``ir.Model`` with every input check."""
     if isinstance(source, ir.Model):
-        return Document(source.clone())  # never modify the caller's model (tensors are shared, not copied)
+        model = source.clone()  # never modify the caller's model (tensors are shared, not copied)
+        _normalise_negative_dims(model)
+        return Document(model)
     path: Path | None = None
     if isinstance(source, onnx.ModelProto):
         proto = onnx.ModelProto()
@@ -107,6 +181,8 @@ def load_document(source: ModelSource) -> Document:
         for value in graph.initializers.values():
             if value.name in sparse_names:
                 value.meta[SPARSE_FORMAT_KEY] = "coo"
+    _normalise_negative_dims(model)
+    _keep_output_value_info(proto, model)
     return Document(model, None, path, files=files)
 
 
@@ -214,6 +290,8 @@ def _check_structure(proto: onnx.ModelProto, where: str) -> None:
             if out.name not in known:
                 raise ModelError(f"{where}: graph output {out.name!r} is not produced by any node")
 
+    if not proto.graph.output:  # onnxruntime would answer with a page of C++ signatures
+        raise ModelError(f"{where}: the graph has no outputs")
     visit(proto.graph, set())
 
 
@@ -351,12 +429,14 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
     """Serialise in memory (weights inline), with sparse-marked initializers restored."""
     originals = _materialise_external(model)
     try:
-        proto = ir.serde.serialize_model(model)
+        with _declared_dims(model):
+            proto = ir.serde.serialize_model(model)
     finally:
         for value, tensor in originals:
             value.const_value = tensor
     _restore_sparse_initializers(proto, _sparse_marked(model))
     _drop_initializer_value_info(proto)
+    _restore_output_value_info(model, proto)
     proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
     return proto
 
@@ -413,7 +493,8 @@ def save(
     for dest in output_files(path, uses_external_data(model, external_data)):
         if dest.is_dir():
             raise UsageError(f"{dest}: is a directory")
-    tmp_dir = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=target_dir))
+    _remove_stale_temporaries(target_dir)
+    tmp_dir = Path(tempfile.mkdtemp(prefix=_temp_prefix(path.name), dir=target_dir))
     try:
         written = _write(model, tmp_dir / path.name, external_data)
         final = [target_dir / file.name for file in written]
@@ -421,8 +502,50 @@ def save(
         for file, dest in reversed(list(zip(written, final))):
             os.replace(file, dest)
         return final
+    except OSError as exc:  # disk full, quota, permissions: a model error naming the path
+        raise ModelError(f"{path}: cannot write: {exc.strerror or exc} (nothing written)") from exc
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+
+
+#: Temporaries beside an output are named ``.<name>.onnxslim-<pid>-<random>``: a run that was
+#: killed (SIGKILL runs no clean-up) leaves one, and the next save in that directory removes
+#: those whose process is gone.
+_TEMP_MARK = ".onnxslim-"
+
+
+def _temp_prefix(name: str) -> str:
+    return f".{name}{_TEMP_MARK}{os.getpid()}-"
+
+
+def _remove_stale_temporaries(directory: Path) -> None:
+    try:
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        if not entry.name.startswith(".") or _TEMP_MARK not in entry.name:
+            continue
+        pid_text = entry.name.rsplit(_TEMP_MARK, 1)[1].split("-", 1)[0]
+        if not pid_text.isdigit() or _process_alive(int(pid_text)):
+            continue
+        if entry.is_dir(follow_symlinks=False):
+            shutil.rmtree(entry.path, ignore_errors=True)
+        elif entry.is_file(follow_symlinks=False):
+            with contextlib.suppress(OSError):
+                os.unlink(entry.path)
+
+
+def _process_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
 
 
 def _write(model: ir.Model | onnx.ModelProto, path: Path, external_data: bool | None) -> list[Path]:
@@ -458,14 +581,17 @@ def copy_atomic(source: Path, path: str | os.PathLike) -> list[Path]:
         raise UsageError(f"{path}: is a directory")
     if path.exists() and os.path.samefile(source, path):
         return [path]
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    _remove_stale_temporaries(directory)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), dir=directory)
     os.close(fd)
     try:
         shutil.copyfile(source, tmp)
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ModelError(f"{path}: cannot write: {exc.strerror or exc} (nothing written)") from exc
         raise
     return [path]
 
@@ -475,15 +601,18 @@ def write_text_atomic(path: Path, text: str) -> None:
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise ModelError(f"{path}: directory {directory} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+    _remove_stale_temporaries(directory)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), dir=directory)
     try:
         with os.fdopen(fd, "w") as f:
             f.write(text)
         # mkstemp creates 0600; a report is an ordinary file (umask applies, as for the model).
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
-    except BaseException:
+    except BaseException as exc:
         Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ModelError(f"{path}: cannot write: {exc.strerror or exc} (nothing written)") from exc
         raise
 
 
@@ -500,8 +629,10 @@ def _save_external(model: ir.Model, path: Path, data_name: str) -> None:
     tensors = [v.const_value for v in values]
     try:
         ir.external_data.unload_from_model(model, path.parent, data_name, size_threshold_bytes=1024)
-        proto = ir.serde.serialize_model(model)
+        with _declared_dims(model):
+            proto = ir.serde.serialize_model(model)
         _drop_initializer_value_info(proto)
+        _restore_output_value_info(model, proto)
         proto.ir_version = min(proto.ir_version, MAX_IR_VERSION)
         onnx.save(proto, path)
     finally:

@@ -76,6 +76,8 @@ def parse_pipeline(text: str) -> list[Pass]:
             key, sep, value = opt.partition("=")
             if not sep or not key:
                 raise UsageError(f"pass {name!r}: expected key=value, got {opt!r}")
+            if key.strip() in values:
+                raise UsageError(f"pass {name!r}: option {key.strip()!r} given twice")
             values[key.strip()] = value.strip()
         passes.append(get(name.strip()).from_strings(values))
     if not passes:

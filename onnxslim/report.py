@@ -38,6 +38,8 @@ class PassReport:
     stats: ModelStats | None = None
     seconds: float = 0.0
     validate_seconds: float = 0.0
+    #: If branches this pass changed that no validation sample executes (not compared).
+    unvalidated_branches: list[str] = dataclasses.field(default_factory=list)
 
     @property
     def min_cosine(self) -> float | None:
@@ -62,6 +64,7 @@ class PassReport:
             "stats": self.stats.to_dict() if self.stats else None,
             "seconds": round(self.seconds, 4),
             "validate_seconds": round(self.validate_seconds, 4),
+            "unvalidated_branches": list(self.unvalidated_branches),
         }
 
 
@@ -127,8 +130,11 @@ class Report:
         write_text_atomic(Path(path), self.to_json() + "\n")
 
     def status_text(self, row: PassReport) -> str:
-        """The row's status as the table shows it: a dry run's passes say so."""
-        return f"{row.status} (dry run)" if self.dry_run and row.status == APPLIED else row.status
+        """The row's status as the table shows it: a dry run's passes say so, and so does a pass
+        that changed If branches no validation sample reaches (named in a note below)."""
+        status = f"{row.status} (dry run)" if self.dry_run and row.status == APPLIED else row.status
+        n = len(row.unvalidated_branches)
+        return status + (f" ({n} If branch{'es' if n > 1 else ''} not validated)" if n else "")
 
     def table(self, width: int = 80) -> Any:
         """A rich Table that fits ``width`` columns: one row for the input model, one per pass;

@@ -153,3 +153,103 @@ def run_model(model: ir.Model, samples: Sequence[Sample]) -> Outputs:
     """Outputs for every sample, graph optimisations disabled (used for reference and candidate)."""
     with runtime.session(model, "disabled") as sess:
         return [runtime.run(sess, s) for s in samples]
+
+
+# -- If branches: which ones the samples reach, and which ones a pass changed ---------------------
+
+Branch = str  # "If 'name' then_branch", nested ones joined with " > "
+
+
+def _if_label(node: ir.Node, index: int) -> str:
+    return f"If {node.name or f'#{index}'!r}"
+
+
+def _graph_ifs(graph: ir.Graph, prefix: str = "") -> list[tuple[str, ir.Node]]:
+    ifs = [n for n in graph if n.op_type == "If" and n.domain in ("", "ai.onnx")]
+    return [(prefix + _if_label(n, i), n) for i, n in enumerate(ifs)]
+
+
+def if_branches(model: ir.Model) -> dict[Branch, list]:
+    """Every If branch of the model (nested ones too) with what identifies its contents: its
+    nodes, their attributes and inputs, and the tensors those inputs hold (weights a branch reads
+    from the outer graph count as its contents). Compared by identity, so a pass that replaces a
+    node, an attribute or a tensor changes it (passes never mutate tensors in place)."""
+    result: dict[Branch, list] = {}
+
+    def visit(graph: ir.Graph, prefix: str) -> None:
+        for label, node in _graph_ifs(graph, prefix):
+            for attr in ("then_branch", "else_branch"):
+                if attr in node.attributes:
+                    branch = node.attributes[attr].as_graph()
+                    result[f"{label} {attr}"] = _contents(branch)
+                    visit(branch, f"{label} {attr} > ")
+
+    visit(model.graph, "")
+    return result
+
+
+def _contents(graph: ir.Graph) -> list:
+    items: list = [tuple(graph.outputs)]
+    for node in graph.all_nodes() if hasattr(graph, "all_nodes") else graph:
+        items.append((node, node.op_type, tuple(node.attributes.values())))
+        items.extend((v, v.const_value if v is not None else None) for v in node.inputs)
+    for value in graph.initializers.values():
+        items.append((value, value.const_value))
+    return items
+
+
+def changed_branches(before: Mapping[Branch, list], after: Mapping[Branch, list]) -> list[Branch]:
+    """Branches present before and after whose contents are not the same objects any more
+    (a nested branch's change is named once, at the outermost changed branch)."""
+    changed = []
+    for label, items in before.items():
+        now = after.get(label)
+        if now is None or (len(now) == len(items) and all(_same(a, b) for a, b in zip(items, now))):
+            continue
+        if not any(label.startswith(outer + " > ") for outer in changed):
+            changed.append(label)
+    return changed
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, tuple) and isinstance(b, tuple):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    return a is b or (isinstance(a, str) and a == b)
+
+
+def branches_reached(model: ir.Model, samples: Sequence[Sample], rounds: int = 8) -> set[Branch]:
+    """The If branches some sample executes: each sample runs on a clone whose If nodes are
+    replaced, one nesting level per round, by the branch it takes (onnxruntime cannot expose a
+    value inside a branch)."""
+    from .errors import ModelError
+    from .stats import _inline_branch
+
+    if not any(n.op_type == "If" for g in model.graphs() for n in g):
+        return set()
+    reached: set[Branch] = set()
+    for sample in samples:
+        clone = model.clone()
+        graph = clone.graph
+        labels = {id(n): label for label, n in _graph_ifs(graph)}
+        for _ in range(rounds):
+            ifs = [n for n in graph if id(n) in labels]
+            if not ifs:
+                break
+            conds = {v.name: v for v in (n.inputs[0] for n in ifs) if v.const_value is None and not v.is_graph_input()}
+            try:
+                with runtime.session(clone, "disabled", extra_outputs=list(conds.values())) as sess:
+                    measured = runtime.run(sess, sample, list(conds))
+            except ModelError:
+                break
+            for node in ifs:
+                cond = node.inputs[0]
+                array = cond.const_value.numpy() if cond.const_value is not None else measured.get(cond.name, sample.get(cond.name))
+                if array is None:
+                    continue
+                attr = "then_branch" if bool(np.asarray(array).reshape(-1)[0]) else "else_branch"
+                label = f"{labels.pop(id(node))} {attr}"
+                reached.add(label)
+                branch = node.attributes[attr].as_graph()
+                labels.update({id(n): inner for inner, n in _graph_ifs(branch, f"{label} > ")})
+                _inline_branch(graph, node, branch)
+    return reached

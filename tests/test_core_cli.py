@@ -217,11 +217,12 @@ def _env(extra_path):
 
 
 def test_model_that_cannot_run_at_defaulted_dims_says_how_to_fix_it(tmp_path, capfd):
-    """Silero VAD fails in onnxruntime at the default 64 samples: the error must name --input-shape,
-    in one line (capfd: onnxruntime's own C++ log records would show there too)."""
+    """A model that fails in onnxruntime at every default size (64, then 256, 1024, 16000 along
+    the dynamic dim): the error must name --input-shape, in one line (capfd: onnxruntime's own C++
+    log records would show there too)."""
     from onnx import TensorProto, helper, numpy_helper
 
-    weight = numpy_helper.from_array(np.ones((1, 1, 100), np.float32), "w")
+    weight = numpy_helper.from_array(np.ones((1, 1, 20000), np.float32), "w")
     graph = helper.make_graph(
         [helper.make_node("Conv", ["x", "w"], ["y"])],
         "long_kernel",
@@ -235,7 +236,7 @@ def test_model_that_cannot_run_at_defaulted_dims_says_how_to_fix_it(tmp_path, ca
     code, _, err = _cli([src, out], capfd)
     assert code == 1 and not out.exists()
     assert len(err.strip().splitlines()) == 1 and "--input-shape" in err
-    code, _, _ = _cli([src, out, "--input-shape", "x=1x1x512"], capfd)
+    code, _, _ = _cli([src, out, "--input-shape", "x=1x1x20000"], capfd)
     assert code == 0 and out.exists()
 
 

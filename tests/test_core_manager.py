@@ -12,7 +12,7 @@ import pytest
 import onnxslim
 from fixtures import models as fx
 from onnxslim import constants, model_io, registry
-from onnxslim.errors import PassFailedError, UsageError
+from onnxslim.errors import ModelError, PassFailedError, UsageError
 from onnxslim.pass_api import Pass, PassContext, PassResult, option
 
 
@@ -432,7 +432,7 @@ def test_a_failed_rename_never_leaves_a_model_without_its_data(tmp_path, monkeyp
         real(src, dst)
 
     monkeypatch.setattr(model_io.os, "replace", data_rename_fails)
-    with pytest.raises(OSError, match="simulated"):
+    with pytest.raises(ModelError, match="simulated"):
         model_io.save(model, out, external_data=True)
     assert not out.exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
