@@ -57,7 +57,9 @@ class _Part:
         if self.node is None:
             set_tensor(self.value, array)
             return
-        tensor = ir.Tensor(np.ascontiguousarray(array), name=self.value.name)
+        array = np.asarray(array)
+        # ascontiguousarray turns a scalar into shape (1,): reshape keeps a 0-d constant 0-d
+        tensor = ir.Tensor(np.ascontiguousarray(array).reshape(array.shape), name=self.value.name)
         for key in list(self.node.attributes):
             del self.node.attributes[key]
         self.node.attributes["value"] = ir.Attr("value", ir.AttributeType.TENSOR, tensor)

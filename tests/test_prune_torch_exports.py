@@ -26,9 +26,10 @@ BERT = {"layers": 12, "heads": 12, "hidden": 48, "intermediate": 192}
 EXPECTED = {
     # heads and FFN of both blocks; residual stream (LayerNorm) and the graph output stay
     "vit_heads": ({"heads": 2, "linear": 2}, {"residual stream", "graph output"}),
-    # nn.MultiheadAttention's export folds heads into the batch axis ([N, B*heads, head_dim]),
-    # which a per-axis channel map cannot follow: its heads stay whole, FFNs prune
-    "vit_mha": ({"linear": 2}, {"residual stream", "graph output", "Reshape"}),
+    # nn.MultiheadAttention's export folds heads into the batch axis ([N, B*heads, head_dim]):
+    # followed as batch × heads (mapping.Folded), whole heads go; the out-projection's
+    # [N*B, C] → [N, B, C] Reshape is the residual width, frozen anyway
+    "vit_mha": ({"heads": 2, "linear": 2}, {"residual stream", "graph output", "Reshape that cannot be aligned"}),
     # the window-reverse Reshape ([4·batch, 16, C] → [batch, 2, 2, 4, 4, C]) is not followed, so
     # the attention projection's output (the residual width, frozen anyway) stays whole
     "swin": ({"heads": 2, "linear": 2}, {"residual stream", "graph output", "Reshape that cannot be aligned"}),
@@ -386,3 +387,47 @@ def test_pad_with_computed_spatial_pads_passes_channels():
     analysis = channels.analyze(model_io.load(model(True)))
     assert "c1" in {f.group.name for f in analysis.frozen}
     assert any("Pad" in f.reason for f in analysis.frozen if f.group.name == "c1")
+
+
+def test_heads_folded_into_batch_prune_exactly_at_every_batch():
+    """nn.MultiheadAttention's [N, batch·heads, head_dim]: whole heads go, in every batch row."""
+    proto = onnx.load(TORCH / "vit_mha.onnx")
+    model = model_io.load(proto)
+    result = Prune(ratio=0.3, criterion="l2").run(model, PassContext())
+    heads = [e for e in result.details["pruned"] if e["kind"] == "heads"]
+    assert [(e["before"], e["after"]) for e in heads] == [(4, 3), (4, 3)]
+    out = model_io.to_proto(model)
+    removed = {e["group"]: e["removed"] for e in result.details["pruned"]}
+    reference = zeroed(proto, removed)
+    for batch in (1, 3):
+        feeds = feeds_for(proto, batch=batch, seed=batch)
+        np.testing.assert_allclose(run(out, feeds)["logits"], run(reference, feeds)["logits"], atol=1e-5, rtol=0)
+    # the batch × heads products now hold the kept head count
+    muls = [n for n in out.graph.node if n.op_type == "Mul" and n.name.endswith("/attn/Mul")]
+    assert len(muls) == 2
+    consts = {n.output[0]: onnx.numpy_helper.to_array(n.attribute[0].t) for n in out.graph.node if n.op_type == "Constant"}
+    consts.update({i.name: onnx.numpy_helper.to_array(i) for i in out.graph.initializer})
+    assert all(consts[m.input[1]].shape == () and int(consts[m.input[1]]) == 3 for m in muls)
+
+
+def test_batch_times_heads_read_elsewhere_freezes_those_heads():
+    """If the batch·heads product also feeds something that is not one of the Reshapes that
+    fold the heads, rewriting it would change that reader: those heads stay whole."""
+    from onnx import helper
+
+    proto = onnx.load(TORCH / "vit_mha.onnx")
+    proto.graph.node.append(helper.make_node("Identity", ["/blocks.0/attn/Mul_output_0"], ["batch_heads"], name="peek"))
+    proto.graph.output.append(helper.make_tensor_value_info("batch_heads", onnx.TensorProto.INT64, []))
+    analysis = channels.analyze(model_io.load(proto))
+    assert [g.name for g in analysis.groups if g.kind == "heads"] == ["/blocks.1/attn/MatMul"]
+    frozen = [f for f in analysis.frozen if f.group.name == "/blocks.0/attn/MatMul"]
+    assert frozen and any("batch × heads product" in r for r in frozen[0].reasons)
+
+
+def test_align_pairs_what_is_left_when_one_side_has_a_single_axis():
+    from onnxslim.channels.mapping import Product, align
+
+    # [N, batch, heads, head_dim?] → [N·batch, C]: the unknown head_dim is what remains
+    assert align([17, "b", 4, "u"], [Product(17, ("b",)), 32]) == [([0, 1], [0]), ([2, 3], [1])]
+    assert align(["b", 32], [Product(4, ("b",)), 8]) == [([0, 1], [0, 1])]
+    assert align([4, "u", 3], [2, "v", 5]) is None  # both sides have axes left: not guessed

@@ -57,8 +57,31 @@ class ChannelAnalysis(Walk):
                     if id(use.node) not in readers and id(use.node) not in chain:
                         self.freeze(ref.atoms, f"weight {ref.tensor.name!r} is also read by {label(use.node)}")
 
+    def _check_factors(self) -> None:
+        """A batch × heads product rewritten for fewer heads must reach only the Reshapes that
+        fold or unfold those heads (through Unsqueeze/Concat/Cast), or another reader would
+        see the new count."""
+        by_mul: dict[int, tuple[ir.Node, set[int], list[np.ndarray]]] = {}
+        for mul, reshape, atoms in self.factors:
+            entry = by_mul.setdefault(id(mul), (mul, set(), []))
+            entry[1].add(id(reshape))
+            entry[2].append(atoms)
+        for mul, reshapes, atoms in by_mul.values():
+            readers, stack, escapes = [], list(mul.outputs[0].uses()), mul.outputs[0].is_graph_output()
+            while stack:
+                use = stack.pop()
+                if use.node.op_type in ("Unsqueeze", "Squeeze", "Cast", "Concat", "Identity") and use.idx == 0 or use.node.op_type == "Concat":
+                    stack.extend(use.node.outputs[0].uses())
+                    escapes = escapes or use.node.outputs[0].is_graph_output()
+                else:
+                    readers.append(use)
+            if escapes or any(id(u.node) not in reshapes or u.node.op_type != "Reshape" or u.idx != 1 for u in readers):
+                for a in atoms:
+                    self.freeze(a, f"batch × heads product {label(mul)} also read elsewhere")
+
     def _finish(self) -> None:
         self._check_refs()
+        self._check_factors()
         n = self.table.count
         comp, group_of = self.table.resolve()
         n_comp = len(group_of)

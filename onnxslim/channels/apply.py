@@ -11,6 +11,7 @@ import onnx_ir as ir
 
 from .. import shapes
 from ..constants import add_initializer, constant, drop_if_unused, remove_dead
+from .mapping import Folded
 
 if TYPE_CHECKING:
     from .analysis import ChannelAnalysis
@@ -119,7 +120,7 @@ def apply(analysis: ChannelAnalysis, keep: Mapping[ChannelGroup, np.ndarray | Se
         for axis, atoms in axes.items():
             count = int(kept(atoms).sum())
             if axis < len(dims) and count != len(atoms):
-                dims[axis] = count
+                dims[axis] = None if isinstance(atoms, Folded) else count  # batch × heads: inferred
                 shrunk = True
         if shrunk:
             value.shape = ir.Shape(dims)

@@ -38,6 +38,31 @@ def outer_blocks(atoms: np.ndarray, n_blocks: int, union: Union) -> np.ndarray:
     return blocks[:, 0]
 
 
+class Folded(np.ndarray):
+    """The atoms of an axis that is a run-time factor × blocks (``[N, batch·heads, head_dim]``:
+    heads folded into the batch axis). Position h of the array is block h in every outer
+    repeat, so removing it removes that head for every batch row; the axis size is
+    ``outer × len(atoms)``."""
+
+    outer: Dim | Product
+
+    def __array_finalize__(self, obj) -> None:
+        self.outer = getattr(obj, "outer", None)
+
+
+def folded(blocks: np.ndarray, outer) -> Folded:
+    out = np.asarray(blocks).view(Folded)
+    out.outer = outer
+    return out
+
+
+def axis_size(atoms: np.ndarray) -> Dim | Product:
+    """The size of an axis from its atoms (a folded axis: outer factor × blocks)."""
+    if isinstance(atoms, Folded):
+        return Product.of(atoms.outer) * Product(len(atoms))
+    return len(atoms)
+
+
 def same_slot_in_every_block(atoms: np.ndarray, n_blocks: int, union: Union) -> np.ndarray:
     """One axis split into ``n_blocks`` × width, pruned by the same positions in every block
     (a grouped Conv's groups, channel-shuffle groups); returns the atoms of one block."""
@@ -94,6 +119,13 @@ def align(src: Sequence[Dim], dst: Sequence[Dim]) -> list[tuple[list[int], list[
                 pb = pb * Product.of(dst[j])
                 b.append(j)
                 j += 1
+            elif j == len(dst) or i == len(src):
+                # one side has no axis left: the rest of the other must multiply to this run
+                # (the element counts are equal and every earlier run matched exactly)
+                a += list(range(i, len(src)))
+                b += list(range(j, len(dst)))
+                i, j = len(src), len(dst)
+                break
             else:
                 return None
         segments.append((a, b))

@@ -36,6 +36,8 @@ class Entry:
     scale: Fraction = Fraction(1)
     offset: Fraction = Fraction(0)
     piece: tuple[ir.Node, int] | None = None  # a one-entry input of a Concat: (Concat, input index)
+    factor: Entry | None = None  # dim: the literal its run-time dim was multiplied by (batch × heads)
+    times: tuple[tuple[ir.Value, int], ...] = ()  # dim: further run-time dims multiplied in (N × batch)
 
     @property
     def is_copy(self) -> bool:
@@ -95,13 +97,11 @@ def _from_node(w: Walk, node: ir.Node, depth: int) -> list[Entry] | None:
         return [_fixed(data[int(i)]) for i in idx.numpy().reshape(-1)]
     if op == "Slice":
         data = sub(0)
-        bounds = [constant(v) if v is not None else None for v in node.inputs[1:]]
-        if data is None or any(b is None for b in bounds[:2]):
+        bounds = [_number(sub(i)) if len(node.inputs) > i and node.inputs[i] is not None else None for i in range(1, 5)]
+        if data is None or bounds[0] is None or bounds[1] is None or (bounds[2] or 0) != 0:
             return None
-        starts, ends = (int(b.numpy().reshape(-1)[0]) for b in bounds[:2])
-        step = int(bounds[3].numpy().reshape(-1)[0]) if len(bounds) > 3 and bounds[3] is not None else 1
-        return [_fixed(e) for e in data[slice(starts, ends, step)]]
-    if op in ("Mul", "Div", "Add", "Sub") and len(node.inputs) == 2:
+        return [_fixed(e) for e in data[slice(bounds[0], bounds[1], bounds[3] or 1)]]
+    if op in ("Mul", "Div", "Add", "Sub", "Mod") and len(node.inputs) == 2:
         a, b = sub(0), sub(1)
         if a is None or b is None:
             return None
@@ -110,6 +110,13 @@ def _from_node(w: Walk, node: ir.Node, depth: int) -> list[Entry] | None:
             return None
         return [_arith(op, a[i % len(a)], b[i % len(b)]) for i in range(n)]
     return None
+
+
+def _number(found: list[Entry] | None) -> int | None:
+    """The value of a one-entry constant (a Slice bound computed from constants)."""
+    if found is None or len(found) != 1 or found[0].kind not in ("literal", "fixed"):
+        return None
+    return found[0].number
 
 
 def _fixed(entry: Entry) -> Entry:
@@ -124,16 +131,21 @@ def _arith(op: str, a: Entry, b: Entry) -> Entry:
     nums = [e.number if e.kind in ("literal", "fixed") else None for e in (a, b)]
     if None not in nums:
         x, y = nums
-        value = {"Mul": x * y, "Div": x // y if y else 0, "Add": x + y, "Sub": x - y}[op]
+        value = {"Mul": x * y, "Div": x // y if y else 0, "Add": x + y, "Sub": x - y, "Mod": x % y if y else 0}[op]
         return Entry("fixed", value)
     if op in ("Mul", "Add") and a.kind != "dim":
         a, b, nums = b, a, nums[::-1]
-    if a.kind != "dim" or nums[1] is None:
+    if op == "Mul" and a.kind == b.kind == "dim" and _plain(a) and _plain(b) and not b.times:
+        return dataclasses.replace(a, piece=None, times=a.times + ((b.source, b.axis),))
+    if a.kind != "dim" or nums[1] is None or op == "Mod" or a.times:
         return _UNKNOWN
     c = nums[1]
     scale, offset = a.scale, a.offset
+    factor = None
     if op == "Mul":
         scale, offset = scale * c, offset * c
+        # a run-time dim times a literal (batch × heads): the literal is what follows the blocks
+        factor = b if b.kind == "literal" and _plain(a) else None
     elif op == "Add":
         offset += c
     elif op == "Sub":
@@ -144,7 +156,11 @@ def _arith(op: str, a: Entry, b: Entry) -> Entry:
             offset = Fraction(0)
     else:
         return _UNKNOWN
-    return Entry("dim", source=a.source, axis=a.axis, scale=scale, offset=offset)
+    return Entry("dim", source=a.source, axis=a.axis, scale=scale, offset=offset, factor=factor)
+
+
+def _plain(entry: Entry) -> bool:
+    return entry.scale == 1 and entry.offset == 0 and entry.factor is None
 
 
 def _attr(node: ir.Node, name: str, default: int) -> int:
@@ -157,13 +173,26 @@ def resolved(w: Walk, entry: Entry) -> Dim:
     if entry.kind in ("literal", "fixed"):
         return entry.number
     if entry.kind == "dim":
-        shape = w.shape(entry.source)
-        dim = shape[entry.axis] if shape is not None and entry.axis < len(shape) else None
+        dim = _dim_of(w, entry.source, entry.axis)
+        if entry.times:
+            dims = [Product.of(dim)] + [Product.of(_dim_of(w, v, k)) for v, k in entry.times]
+            if any(d is None for d in dims):
+                return None
+            total = dims[0]
+            for d in dims[1:]:
+                total = total * d
+            return total.coef if not total.symbols else total
         if isinstance(dim, int):
             value = dim * entry.scale + entry.offset
             return int(value) if value.denominator == 1 else None
-        return dim if entry.scale == 1 and entry.offset == 0 else None
+        if isinstance(dim, str) and entry.offset == 0 and entry.scale.denominator == 1:
+            return dim if entry.scale == 1 else Product(int(entry.scale), (dim,))
     return None
+
+
+def _dim_of(w: Walk, value: ir.Value, axis: int) -> Dim:
+    shape = w.shape(value)
+    return shape[axis] if shape is not None and axis < len(shape) else None
 
 
 def target_shape(w: Walk, found: list[Entry], src: list[Dim], inferred: list[Dim] | None) -> list[Dim]:

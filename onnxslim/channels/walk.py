@@ -13,6 +13,11 @@ import onnx_ir as ir
 from .. import model_io, shapes
 from ..constants import ConstantTensor, constant, model_fingerprint
 from .atoms import AtomTable
+from .mapping import Folded
+
+#: ops whose rules follow an axis of heads folded into the batch axis (see ``mapping.Folded``);
+#: any other reader freezes those heads
+FOLDED_OK = frozenset({"Transpose", "Reshape", "Shape", "Size", "Identity", "Softmax", "MatMul", "Mul", "Div"})
 
 Dim = int | str | None
 
@@ -64,6 +69,7 @@ class Walk:
         self._uniform: dict[int, bool] = {}
         self.counts: list[tuple[np.ndarray, np.ndarray, object, str]] = []  # see same_count
         self._filled = False  # symbolic shape inference run
+        self.factors: list[tuple[ir.Node, ir.Node, np.ndarray]] = []  # (Mul of batch × heads, Reshape, heads)
 
     # ---- atoms ---------------------------------------------------------------------
 
@@ -177,6 +183,11 @@ class Walk:
     def walk(self, graph: ir.Graph) -> None:
         for node in graph:
             rule = self._rules.get(node.op_type) if node.domain in ("", "ai.onnx") else None
+            if rule is not None and node.op_type not in FOLDED_OK:
+                for inp in node.inputs:
+                    for atoms in self.tracked(inp).values():
+                        if isinstance(atoms, Folded):
+                            self.freeze(atoms, f"heads folded into the batch axis read by {label(node)}")
             if rule is None:
                 self.unsupported(node)
             else:
@@ -236,10 +247,48 @@ def input_at(node: ir.Node, i: int) -> ir.Value | None:
 def infer_shapes(model: ir.Model) -> dict[str, list[Dim]]:
     """Shapes by value name from onnx shape inference on a skeleton (the model is untouched)."""
     try:
-        proto = shapes.infer(model, strict=False)
-    except shapes.ShapeInferenceError:  # shapes stay unknown; the groups they touch freeze
+        with shapes.skeleton(model) as proto:
+            _fold_shape_arithmetic(proto.graph)
+            proto = onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=False, data_prop=True)
+    except Exception:  # shapes stay unknown; the groups they touch freeze
         proto = model_io.to_proto(model)
     return _collect(proto)
+
+
+#: integer ops exporters compute shape pieces with; onnx's data propagation skips some (Mod)
+_FOLDABLE = frozenset({"Mod", "Add", "Sub", "Mul", "Div", "Reshape", "Unsqueeze", "Squeeze", "Concat", "Cast", "Gather", "Slice"})
+
+
+def _fold_shape_arithmetic(graph: onnx.GraphProto) -> None:
+    """In the inference skeleton only: replace small integer ops on constants by their value
+    (``Slice(shape, 0, Reshape(Mod(2, 3)))`` in nn.MultiheadAttention's export), so that onnx
+    infers the shapes behind them."""
+    from onnx import helper, numpy_helper
+    from onnx.reference import ReferenceEvaluator
+
+    known = {t.name: t for t in graph.initializer if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32)}
+    opsets = [helper.make_opsetid("", 17)]
+    for i, node in enumerate(graph.node):
+        if node.op_type == "Constant" and node.attribute and node.attribute[0].name == "value":
+            t = node.attribute[0].t
+            if t.data_type in (onnx.TensorProto.INT64, onnx.TensorProto.INT32):
+                known[node.output[0]] = numpy_helper.from_array(numpy_helper.to_array(t), node.output[0])
+            continue
+        if node.domain not in ("", "ai.onnx") or node.op_type not in _FOLDABLE or len(node.output) != 1:
+            continue
+        if not node.input or not all(x in known and int(np.prod(known[x].dims)) <= 64 for x in node.input if x):
+            continue
+        try:
+            sub = helper.make_graph([node], "fold", [], [helper.make_tensor_value_info(node.output[0], onnx.TensorProto.UNDEFINED, None)],
+                                    [known[x] for x in dict.fromkeys(x for x in node.input if x)])
+            value = np.asarray(ReferenceEvaluator(helper.make_model(sub, opset_imports=opsets)).run(None, {})[0])
+        except Exception:  # not foldable here: inference sees the node as it is
+            continue
+        if value.dtype.kind not in "iu":
+            continue
+        tensor = numpy_helper.from_array(value, node.output[0])
+        known[node.output[0]] = tensor
+        graph.node[i].CopyFrom(helper.make_node("Constant", [], [node.output[0]], value=tensor))
 
 
 def fill_unknown(model: ir.Model, found: dict[str, list[Dim]]) -> None:

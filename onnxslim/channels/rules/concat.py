@@ -121,7 +121,7 @@ def slice_(w: Walk, node: ir.Node) -> None:
         for which, entry, bound, value in (("lo", starts[j], lo, bounds[0]), ("hi", ends[j], hi, bounds[1])):
             if entry.kind == "literal":
                 rewrite.append((which, entry.value, entry.index, entry.reader))
-            elif entry.kind == "dim" and entry.offset == 0 and entry.axis in w.tracked(entry.source):
+            elif entry.kind == "dim" and entry.offset == 0 and not entry.times and entry.axis in w.tracked(entry.source):
                 source = w.tracked(entry.source)[entry.axis]
                 parts = 1 / entry.scale
                 if source is axes[a] and parts.denominator == 1 and n % int(parts) == 0 and bound % (n // int(parts)) == 0:
