@@ -1,12 +1,19 @@
-"""Wall time and peak RSS of onnxslim against the common ONNX simplifiers, side by side.
+"""onnxslim's default pipeline (``simplify``) against the ONNX simplifiers, side by side.
 
     python bench/pipeline_vs_simplifiers.py [model.onnx ...] [--repeat 3]
+        [--onnxsim-python /tmp/peer-onnxsim/bin/python] [--onnxslim-python /tmp/peer-onnxslim/bin/python]
 
-Each tool runs in a fresh subprocess per repeat (interleaved, so machine noise hits all alike);
-the table shows the median wall time, peak RSS, and ratios to onnxslim's default pipeline
-(``cleanup``, with validation in onnxruntime after the pass). onnxsim and onnxoptimizer are
-measured only if installed (they are not dependencies). Default models: the fixtures and, if
-fetched, the real models from ../shared/corpus.
+Per model and tool: nodes after (subgraphs included), CPU seconds of the whole process (user +
+system, interpreter start-up and imports included), peak RSS, both as ratios to the faster /
+leaner simplifier, and the largest output difference to the input model (onnxruntime, graph
+optimizations disabled, the same seeded inputs). Each tool runs in a fresh subprocess per
+repeat, interleaved; medians are shown.
+
+The simplifiers are not dependencies and PyPI's OnnxSlim has our import name: install each in its
+own virtual environment (``python -m venv /tmp/peer-onnxsim && /tmp/peer-onnxsim/bin/pip install
+onnxsim``; the same for ``onnxslim`` in /tmp/peer-onnxslim) and point the flags at them; a tool
+whose interpreter is missing is left out. Default models: the fixtures and, if fetched, the real
+models of ../shared/corpus (in ~/.cache/onnxslim-corpus).
 """
 
 from __future__ import annotations
@@ -19,77 +26,142 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
+
 ROOT = Path(__file__).resolve().parents[1]
 CORPUS = Path.home() / ".cache" / "onnxslim-corpus"
+#: Dynamic dims the model's own export cannot take at our defaults (Silero: 512-sample chunks).
+SHAPES = {"silero_vad_op18_ifless.onnx": {"input": [1, 512]}}
 
 RUNNER = r"""
-import json, resource, sys, time
-tool, src, dst = sys.argv[1:4]
-t0 = time.perf_counter()
-if tool == "onnxslim cleanup":
+import json, resource, sys
+tool, src, dst, shapes = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+if tool.startswith("ours"):
     from onnxslim.cli import main
-    code = main([src, dst, "--quiet"])
-elif tool == "onnxslim cleanup --no-validate":
-    from onnxslim.cli import main
-    code = main([src, dst, "--quiet", "--no-validate"])
-elif tool == "onnxoptimizer":
-    import onnx, onnxoptimizer
-    onnx.save(onnxoptimizer.optimize(onnx.load(src)), dst); code = 0
+    args = [src, dst, "--quiet"] + [a for k, v in shapes.items() for a in ("--input-shape", k + "=" + "x".join(map(str, v)))]
+    code = main(args + (["--no-validate"] if tool.endswith("no-validate") else []))
+elif tool == "OnnxSlim":
+    import onnx, onnxslim
+    onnx.save(onnxslim.slim(onnx.load(src)), dst); code = 0
 elif tool == "onnxsim":
     import onnx, onnxsim
     model, ok = onnxsim.simplify(onnx.load(src)); onnx.save(model, dst); code = 0 if ok else 1
-elif tool == "onnx load+save":
-    import onnx
-    onnx.save(onnx.load(src), dst); code = 0
-wall = time.perf_counter() - t0
-print(json.dumps({"code": code, "wall": wall, "rss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}))
+u = resource.getrusage(resource.RUSAGE_SELF)
+# VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec from the forking parent.
+hwm = next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM:"))
+print(json.dumps({"code": code, "cpu": u.ru_utime + u.ru_stime, "rss": hwm * 1024}))
 """
 
 
-def available_tools() -> list[str]:
-    tools = ["onnxslim cleanup", "onnxslim cleanup --no-validate", "onnx load+save"]
-    for module, name in (("onnxoptimizer", "onnxoptimizer"), ("onnxsim", "onnxsim")):
-        if subprocess.run([sys.executable, "-c", f"import {module}"], capture_output=True).returncode == 0:
-            tools.append(name)
-    return tools
+def count_nodes(graph) -> int:
+    import onnx
+
+    n = 0
+    for node in graph.node:
+        n += 1
+        for a in node.attribute:
+            if a.type == onnx.AttributeProto.GRAPH:
+                n += count_nodes(a.g)
+            elif a.type == onnx.AttributeProto.GRAPHS:
+                n += sum(count_nodes(g) for g in a.graphs)
+    return n
+
+
+def max_difference(src: Path, out: Path) -> tuple[float, float]:
+    """Largest |Δ| over the outputs, absolute and relative to the output's largest |reference|
+    (onnxruntime, no graph optimizations, seeded inputs at the bench's shapes)."""
+    from onnxslim import model_io, validation
+    from onnxslim.inputs import InputConfig
+
+    model = model_io.load_document(src).model
+    if model is None:
+        return float("nan"), float("nan")
+    feeds = InputConfig(None, SHAPES.get(src.name), 1, 0).samples(model)
+    ref = validation.run_model(model, feeds)
+    new = validation.run_model(model_io.load_document(out).model, feeds)
+    worst = worst_abs = 0.0
+    for sample_ref, sample_new in zip(ref, new):
+        if list(sample_ref) != list(sample_new):
+            return float("inf"), float("inf")
+        for name in sample_ref:
+            a, b = np.asarray(sample_ref[name]), np.asarray(sample_new[name])
+            if a.shape != b.shape:
+                return float("inf"), float("inf")
+            if a.dtype.kind in "fc":
+                delta = float(np.max(np.abs(a - b))) if a.size else 0.0
+                scale = max(float(np.max(np.abs(a))) if a.size else 0.0, 1e-12)
+                worst, worst_abs = max(worst, delta / scale), max(worst_abs, delta)
+            elif not np.array_equal(a, b):
+                return float("inf"), float("inf")
+    return worst_abs, worst
 
 
 def default_models() -> list[Path]:
-    models = [ROOT / "fixtures/models/resnet.onnx", ROOT / "fixtures/models/bert_block.onnx"]
-    models += [p for p in (CORPUS / "rapidocr_ppocrv4_det.onnx", CORPUS / "paraphrase_minilm_l3_v2.onnx") if p.exists()]
-    return models
+    fixtures = sorted((ROOT / "fixtures/models").glob("*.onnx"))
+    return fixtures + sorted(CORPUS.glob("*.onnx"))
 
 
-def measure(tool: str, model: Path, tmp: Path) -> dict:
-    out = tmp / "out.onnx"
-    proc = subprocess.run([sys.executable, "-c", RUNNER, tool, str(model), str(out)], capture_output=True, text=True, cwd=ROOT)
-    if proc.returncode != 0 or not proc.stdout.strip():
-        return {"code": proc.returncode, "wall": float("nan"), "rss": float("nan"), "error": proc.stderr.strip().splitlines()[-1:]}
-    return json.loads(proc.stdout.strip().splitlines()[-1])
+def measure(python: str, tool: str, model: Path, out: Path) -> dict:
+    shapes = json.dumps(SHAPES.get(model.name, {}))
+    proc = subprocess.run([python, "-c", RUNNER, tool, str(model), str(out), shapes], capture_output=True, text=True, cwd=ROOT if tool.startswith("ours") else tempfile.gettempdir())
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        return {"code": proc.returncode or 1, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
+    return json.loads(lines[-1])
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("models", nargs="*", type=Path)
     parser.add_argument("--repeat", type=int, default=3)
+    parser.add_argument("--onnxsim-python", default="/tmp/peer-onnxsim/bin/python")
+    parser.add_argument("--onnxslim-python", default="/tmp/peer-onnxslim/bin/python")
     args = parser.parse_args()
-    tools = available_tools()
-    models = args.models or default_models()
-    print(f"{'model':<28} {'tool':<32} {'wall s':>8} {'peak RSS MiB':>13} {'time ratio':>11} {'RSS ratio':>10}")
+    import onnx
+
+    tools = {"ours": sys.executable, "ours --no-validate": sys.executable}
+    for name, python in (("OnnxSlim", args.onnxslim_python), ("onnxsim", args.onnxsim_python)):
+        if Path(python).exists():
+            tools[name] = python
+        else:
+            print(f"({name} left out: {python} not found)")
+    peers = [t for t in tools if not t.startswith("ours")]
+    print(
+        f"{'model':<30} {'tool':<20} {'nodes':>11} {'CPU s':>7} {'CPU/best':>8} {'RSS MiB':>8} "
+        f"{'RSS/best':>8} {'RSS/file':>8} {'max |Δ|':>9} {'rel':>8}"
+    )
     with tempfile.TemporaryDirectory() as tmp:
-        for model in models:
+        for model in [m.resolve() for m in args.models] or default_models():
+            nodes_in = count_nodes(onnx.load(model, load_external_data=False).graph)
             runs: dict[str, list[dict]] = {t: [] for t in tools}
             for _ in range(args.repeat):
-                for tool in tools:  # interleaved
-                    runs[tool].append(measure(tool, model, Path(tmp)))
-            med = {t: (statistics.median(r["wall"] for r in rs), statistics.median(r["rss"] for r in rs)) for t, rs in runs.items()}
-            base_wall, base_rss = med["onnxslim cleanup"]
-            size = model.stat().st_size / 2**20
-            for tool in tools:
-                wall, rss = med[tool]
+                for tool, python in tools.items():  # interleaved
+                    runs[tool].append(measure(python, tool, model, Path(tmp) / f"{tool.split()[0]}.onnx"))
+            results = {}
+            for tool, rs in runs.items():
+                ok = [r for r in rs if r.get("code") == 0]
+                if not ok:
+                    results[tool] = None
+                    print(f"{model.name[:30]:<30} {tool:<20} failed: {rs[0].get('error')}")
+                    continue
+                out = Path(tmp) / f"{tool.split()[0]}.onnx"
+                results[tool] = {
+                    "cpu": statistics.median(r["cpu"] for r in ok),
+                    "rss": statistics.median(r["rss"] for r in ok),
+                    "nodes": count_nodes(onnx.load(out, load_external_data=False).graph),
+                    "diff": max_difference(model, out),
+                }
+            best_cpu = min((results[t]["cpu"] for t in peers if results.get(t)), default=float("nan"))
+            best_rss = min((results[t]["rss"] for t in peers if results.get(t)), default=float("nan"))
+            size = model.stat().st_size
+            for tool, r in results.items():
+                if r is None:
+                    continue
+                nodes = f"{nodes_in}→{r['nodes']}"
                 print(
-                    f"{model.name[:20] + f' {size:.0f}MiB':<28} {tool:<32} {wall:8.3f} {rss / 2**20:13.1f} "
-                    f"{wall / base_wall:10.2f}x {rss / base_rss:9.2f}x"
+                    f"{model.name[:30]:<30} {tool:<20} {nodes:>11} {r['cpu']:7.2f} "
+                    f"{r['cpu'] / best_cpu:7.2f}× {r['rss'] / 2**20:8.0f} {r['rss'] / best_rss:7.2f}× "
+                    f"{r['rss'] / size:7.1f}× {r['diff'][0]:9.2e} {r['diff'][1]:8.1e}"
                 )
             print()
 

@@ -1,6 +1,6 @@
 """onnxslim: prune, sparsify and slim ONNX models, checked against onnxruntime after every pass.
 
->>> result = onnxslim.optimize("in.onnx", passes="cleanup")  # doctest: +SKIP
+>>> result = onnxslim.optimize("in.onnx")  # the default pipeline: simplify  # doctest: +SKIP
 >>> print(result.report.render()); result.save("out.onnx")   # doctest: +SKIP
 """
 
@@ -8,6 +8,10 @@ from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING
+
+from ._lazy import defer_sympy
+
+defer_sympy()  # onnx-ir imports sympy (~0.5 s) only for arithmetic on symbolic dims
 
 from .errors import EXIT_INCOMPLETE, ModelError, OnnxSlimError, PassFailedError, UsageError
 

@@ -69,7 +69,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("input", help="input .onnx model (or a command: 'passes' lists the available passes)")
     p.add_argument("output", nargs="?", help="output .onnx path (omit with --dry-run)")
-    p.add_argument("--passes", help="pipeline, e.g. 'zeros,prune:ratio=0.3,sparsify' (default: cleanup)")
+    p.add_argument("--passes", help="pipeline, e.g. 'zeros,prune:ratio=0.3,sparsify' (default: simplify)")
     p.add_argument("--recipe", help="TOML recipe listing [[pass]] tables in order")
     p.add_argument("--inputs", nargs="+", metavar="NPZ|DIR", help="validation inputs: .npz files keyed by input name (several samples each) or folders of them")
     p.add_argument("--calibration", nargs="+", metavar="NPZ|DIR", help="calibration inputs for data-driven passes: .npz files or folders (samples may differ in shape)")

@@ -71,11 +71,28 @@ class OptimizeResult:
             detail = "; ".join(f"{k} {self.report.final_checks[k]}" for k in broken)
             raise PassFailedError(f"the optimized model fails a check the input model passes ({detail}); nothing written")
         started = time.perf_counter()
-        files = model_io.save(target, path, external_data=external_data)
+        if self._unchanged_single_file() and not external_data:
+            # Nothing changed: the input's own bytes, not a re-serialisation in another layout.
+            files = model_io.copy_atomic(self.source, path)
+            if self.report.before is not None:  # the file written is the input's, byte for byte
+                self.report.before = dataclasses.replace(self.report.before, file_bytes=files[0].stat().st_size)
+        else:
+            files = model_io.save(target, path, external_data=external_data)
         self.report.seconds += time.perf_counter() - started
         self.report.output = str(path)
         self.report.output_bytes = sum(f.stat().st_size for f in files)
         return files
+
+
+    def _unchanged_single_file(self) -> bool:
+        target = self.model if self.model is not None else self.proto
+        return (
+            self.source is not None
+            and not any(row.status == APPLIED for row in self.report.passes)
+            and self.input_files <= {self.source.resolve()}
+            and target is not None
+            and target.ir_version <= model_io.MAX_IR_VERSION
+        )
 
 
 def _same_file(a: Path, b: Path) -> bool:
@@ -108,7 +125,7 @@ def optimize(
     min_metric: float | None = None,
     measure_latency: bool = False,
 ) -> OptimizeResult:
-    """Load ``model``, run ``passes`` (default: ``cleanup``) with validation after each one.
+    """Load ``model``, run ``passes`` (default: ``simplify``) with validation after each one.
 
     ``passes`` is a CLI-style string (``"prune:ratio=0.3,sparsify"``), or a list of pass
     objects, names or ``{"name": ..., **options}`` mappings. ``inputs``/``calibration`` are

@@ -571,6 +571,31 @@ def _write(model: ir.Model | onnx.ModelProto, path: Path, external_data: bool | 
     return [path, data] if data.exists() else [path]
 
 
+def copy_atomic(source: Path, path: str | os.PathLike) -> list[Path]:
+    """Copy a single-file model unchanged (via a temporary file and rename)."""
+    path = Path(path)
+    directory = path.parent if str(path.parent) else Path(".")
+    if not directory.is_dir():
+        raise ModelError(f"{path}: output directory {directory} does not exist")
+    if path.is_dir():
+        raise UsageError(f"{path}: is a directory")
+    if path.exists() and os.path.samefile(source, path):
+        return [path]
+    _remove_stale_temporaries(directory)
+    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), dir=directory)
+    os.close(fd)
+    try:
+        shutil.copyfile(source, tmp)
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+    except BaseException as exc:
+        Path(tmp).unlink(missing_ok=True)
+        if isinstance(exc, OSError):
+            raise ModelError(f"{path}: cannot write: {exc.strerror or exc} (nothing written)") from exc
+        raise
+    return [path]
+
+
 def write_text_atomic(path: Path, text: str) -> None:
     """Write a small text file (a report) via a temporary file and rename."""
     directory = path.parent if str(path.parent) else Path(".")

@@ -19,7 +19,7 @@ from .pass_api import Pass
 
 ENTRY_POINT_GROUP = "onnxslim.passes"
 #: What runs when no passes are named.
-DEFAULT_PIPELINE = ("cleanup",)
+DEFAULT_PIPELINE = ("simplify",)
 
 _extra: dict[str, type[Pass]] = {}
 

@@ -1,9 +1,10 @@
-"""The onnx backend node test cases through the default pipeline (``cleanup``).
+"""The onnx backend node test cases through ``cleanup`` and the default pipeline (``simplify``).
 
 The onnx wheel ships the case generators, not their data: ``collect_testcases()`` rebuilds
 every case (model, inputs, expected outputs). A case counts when onnxruntime runs the original
 model to the expected outputs (within the case's rtol/atol); after ``cleanup`` such a case must
-still load and give bit-identical outputs. Models onnx-ir cannot represent must come back
+still load and give bit-identical outputs; after ``simplify`` (which folds and fuses, so kernels
+may round differently) outputs within the case's own rtol/atol of onnxruntime's. Models onnx-ir cannot represent must come back
 skipped and byte-for-byte unchanged.
 
 The default test run checks every case (1,884; about 25 s on 2 cores with ``-n 2``). Only them,
@@ -125,10 +126,11 @@ def _identical(a, b) -> bool:
     return a.tobytes() == b.tobytes()
 
 
-def check_case(case, validated: bool = True) -> Outcome:
+def check_case(case, validated: bool = True, simplify: bool = False) -> Outcome:
     """Run one case through onnxruntime, then ``cleanup``, and classify the outcome.
 
-    ``validated`` also runs the pipeline with validation on the case's inputs (slower).
+    ``validated`` also runs the pipeline with validation on the case's inputs (slower);
+    ``simplify`` also runs the default pipeline (``simplify``) and compares within tolerance.
     """
     original = case.model.SerializeToString()
     feeds = feeds_of(case)
@@ -143,7 +145,7 @@ def check_case(case, validated: bool = True) -> Outcome:
     ):
         return Outcome(case.name, ORT_MISMATCH)
     try:
-        result = onnxslim.optimize(case.model, validate=False, final_check=False)
+        result = onnxslim.optimize(case.model, "cleanup", validate=False, final_check=False)
     except Exception as exc:
         return Outcome(case.name, FAIL, f"optimize raised {type(exc).__name__}: {_first_line(exc)}")
     if result.model is None:
@@ -163,6 +165,10 @@ def check_case(case, validated: bool = True) -> Outcome:
         if not _identical(before, after):
             return Outcome(case.name, FAIL, f"output {index} changed after cleanup")
     status = result.report.passes[0].status
+    if simplify:
+        problem = _simplify_problem(case, feeds, reference)
+        if problem:
+            return Outcome(case.name, FAIL, problem)
     if validated:
         problem = _validated_problem(case, feeds, status)
         if problem:
@@ -170,10 +176,32 @@ def check_case(case, validated: bool = True) -> Outcome:
     return Outcome(case.name, PASS, status)
 
 
+def _simplify_problem(case, feeds: dict, reference: list) -> str | None:
+    """The default pipeline, unvalidated: it must not raise, and the model must run to the
+    reference outputs within the case's tolerance."""
+    try:
+        result = onnxslim.optimize(case.model, validate=False, final_check=False)
+    except Exception as exc:
+        return f"simplify: optimize raised {type(exc).__name__}: {_first_line(exc)}"
+    if result.model is None:
+        return None
+    # A pass that raises is rolled back by the manager (onnxscript's folder raises on a few
+    # sequence cases): the model must then be the original, which the comparison below checks.
+    try:
+        simplified = run_ort(model_io.to_bytes(result.model), feeds)
+    except Exception as exc:
+        return f"simplified model does not run: {_first_line(exc)}"
+    if len(simplified) != len(reference) or not all(
+        _matches_expected(after, before, case.rtol, case.atol) for after, before in zip(simplified, reference)
+    ):
+        return "simplify changed the outputs beyond the case's tolerance"
+    return None
+
+
 def _validated_problem(case, feeds: dict, expected_status: str) -> str | None:
     """The same case through onnxslim's own validation, fed the case's inputs: zero drift."""
     try:
-        result = onnxslim.optimize(case.model, inputs=[feeds])
+        result = onnxslim.optimize(case.model, "cleanup", inputs=[feeds])
     except Exception as exc:
         return f"validated optimize raised {type(exc).__name__}: {_first_line(exc)}"
     row = result.report.passes[0]
@@ -197,6 +225,16 @@ def _assert_ok(outcome: Outcome) -> None:
 @pytest.mark.parametrize("index", range(len(all_cases())), ids=[c.name for c in all_cases()])
 def test_backend_case(index):
     _assert_ok(check_case(all_cases()[index]))
+
+
+#: ``simplify`` costs ~0.3 s a case: every SIMPLIFY_STRIDE-th case in the default run.
+SIMPLIFY_STRIDE = 8
+
+
+@pytest.mark.backend
+@pytest.mark.parametrize("index", range(0, len(all_cases()), SIMPLIFY_STRIDE), ids=[c.name for c in all_cases()[::SIMPLIFY_STRIDE]])
+def test_backend_case_simplify(index):
+    _assert_ok(check_case(all_cases()[index], validated=False, simplify=True))
 
 
 @pytest.mark.parametrize("name", ["test_scan_sum", "test_scan9_sum", "test_scan9_multi_state", "test_identity_sequence"])
@@ -231,7 +269,7 @@ def test_branch_returning_outer_value_keeps_its_identity():
     model.ir_version = 10
     for condition in (True, False):
         feeds = {"x": np.array([1.0, -2.0], np.float32), "c": np.array(condition)}
-        result = onnxslim.optimize(model, inputs=[feeds])
+        result = onnxslim.optimize(model, "cleanup", inputs=[feeds])
         row = result.report.passes[0]
         assert row.status == "applied" and row.details["nodes_removed"] == 1, (row.status, row.reason)
         assert all(m.max_abs == 0.0 for m in row.metrics)
@@ -255,7 +293,7 @@ def test_validated_pipeline_on_case_inputs():
         ]
     )
     feeds = feeds_of(case)
-    result = onnxslim.optimize(model, inputs=[feeds])
+    result = onnxslim.optimize(model, "cleanup", inputs=[feeds])
     row = result.report.passes[0]
     assert row.status == "applied", row.reason
     assert row.details["nodes_removed"] == 3

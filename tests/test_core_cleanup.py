@@ -1,4 +1,4 @@
-"""Round trips through the default pipeline (cleanup): outputs identical, everything else kept."""
+"""Round trips through cleanup (the default pipeline's housekeeping): outputs identical, everything else kept."""
 
 from __future__ import annotations
 
@@ -28,7 +28,7 @@ def test_cleanup_round_trip_identical(name, tmp_path):
     proto = fx.with_metadata(proto, {"labels": "a,b,c"}) if name == "mlp" else proto
     src = tmp_path / "in.onnx"
     onnx.save(proto, src)
-    result = onnxslim.optimize(src)
+    result = onnxslim.optimize(src, "cleanup")
     row = result.report.passes[0]
     assert row.name == "cleanup" and row.status in ("applied", "no change")
     out = tmp_path / "out.onnx"
@@ -60,7 +60,7 @@ def test_cleanup_removes_dead_code_and_identity(tmp_path):
     g.node.insert(1, onnx.helper.make_node("Identity", [first_out + "_pre"], [first_out], name="ident"))
     src = tmp_path / "in.onnx"
     onnx.save(proto, src)
-    result = onnxslim.optimize(src)
+    result = onnxslim.optimize(src, "cleanup")
     row = result.report.passes[0]
     assert row.status == "applied"
     assert row.details["nodes_removed"] == 2
@@ -75,7 +75,7 @@ def test_cleanup_no_change_is_bit_identical(tmp_path):
     proto = fx.mlp()
     src = tmp_path / "in.onnx"
     onnx.save(proto, src)
-    result = onnxslim.optimize(src)
+    result = onnxslim.optimize(src, "cleanup")
     assert result.report.passes[0].status == "no change"
     assert model_io.to_bytes(result.model) == model_io.to_bytes(model_io.load(src))
 
@@ -92,7 +92,7 @@ def test_cleanup_never_grows_the_file(tmp_path):
     user.input[list(user.input).index(w.name)] = dup.name
     src = tmp_path / "in.onnx"
     onnx.save(proto, src)
-    result = onnxslim.optimize(src)
+    result = onnxslim.optimize(src, "cleanup")
     out = tmp_path / "out.onnx"
     result.save(out)
     assert out.stat().st_size < src.stat().st_size
@@ -102,7 +102,7 @@ def test_external_data_round_trip(tmp_path):
     proto = fx.resnet()
     src = tmp_path / "ext.onnx"
     fx.save_with_external_data(proto, str(src))
-    result = onnxslim.optimize(src)
+    result = onnxslim.optimize(src, "cleanup")
     out = tmp_path / "sub" / "out.onnx"
     out.parent.mkdir()
     result.save(out)  # small: inline, no stale relative data paths
@@ -121,7 +121,7 @@ def test_sparse_initializers_are_kept(tmp_path):
     proto = fx.sparse_initializer_model()
     src = tmp_path / "in.onnx"
     onnx.save(proto, src)
-    result = onnxslim.optimize(src)
+    result = onnxslim.optimize(src, "cleanup")
     out = tmp_path / "out.onnx"
     result.save(out)
     saved = onnx.load(out)
@@ -146,8 +146,8 @@ def test_zipmap_model_goes_through_unchanged(tmp_path):
 
 def test_load_from_bytes_and_proto():
     proto = fx.mlp()
-    a = onnxslim.optimize(proto.SerializeToString(), validate=False)
-    b = onnxslim.optimize(proto, validate=False)
+    a = onnxslim.optimize(proto.SerializeToString(), "cleanup", validate=False)
+    b = onnxslim.optimize(proto, "cleanup", validate=False)
     assert model_io.to_bytes(a.model) == model_io.to_bytes(b.model)
     assert len(proto.graph.node) == len(fx.mlp().graph.node)  # caller's proto untouched
 
@@ -157,7 +157,7 @@ def test_ir_version_pinned(tmp_path):
     proto.ir_version = 14
     src = tmp_path / "in.onnx"
     onnx.save(proto, src)
-    result = onnxslim.optimize(src, validate=False)
+    result = onnxslim.optimize(src, "cleanup", validate=False)
     out = tmp_path / "out.onnx"
     result.save(out)
     assert onnx.load(out).ir_version == model_io.MAX_IR_VERSION
@@ -229,7 +229,7 @@ def test_functions_value_info_and_doc_strings_are_kept(tmp_path):
         assert any(vi.name == out_name + "_pre" for vi in saved.graph.value_info)
         assert result.report.final_checks == {"onnx_checker": "ok", "onnxruntime_default_level": "ok"}
     feeds = fx.random_inputs(proto, seed=1)
-    result = onnxslim.optimize(src)
+    result = onnxslim.optimize(src, "cleanup")
     result.save(out)
     for a, b in zip(_run(str(src), feeds), _run(str(out), feeds)):
         np.testing.assert_array_equal(a, b)
@@ -244,7 +244,7 @@ def test_cleanup_says_no_change_only_when_nothing_changed(name, tmp_path):
         src = Path(__file__).resolve().parent.parent / "fixtures" / "models" / "digits_cnn.onnx"
     else:
         onnx.save(fx.BUILDERS[name](), src)
-    result = onnxslim.optimize(src)
+    result = onnxslim.optimize(src, "cleanup")
     row = result.report.passes[0]
     unchanged = model_io.to_bytes(result.model) == model_io.to_bytes(model_io.load(src))
     assert (row.status == "no change") == unchanged, (row.status, row.summary)

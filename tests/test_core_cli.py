@@ -138,12 +138,12 @@ def test_main_job_writes_model_and_json_report(tmp_path, model, capsys):
     code = cli.main([str(model), str(out), "--report", str(report), "--plot", str(plot)])
     captured = capsys.readouterr()
     assert code == 0
-    assert "cleanup" in captured.out and "max |Δ|" in captured.out
+    assert "simplify" in captured.out and "max |Δ|" in captured.out
     data = json.loads(report.read_text())
-    assert data["passes"][0]["name"] == "cleanup" and data["output"] == str(out)
+    assert data["passes"][0]["name"] == "simplify" and data["output"] == str(out)
     assert data["output_bytes"] == out.stat().st_size
     svg = plot.read_text()
-    assert svg.startswith("<svg") and "cleanup" in svg and "params ×1.000" in svg
+    assert svg.startswith("<svg") and "simplify" in svg and "params ×1.000" in svg
     # Reports are ordinary files like the model (mkstemp alone would leave them 0600).
     assert report.stat().st_mode & 0o777 == plot.stat().st_mode & 0o777 == out.stat().st_mode & 0o777
 

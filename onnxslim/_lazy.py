@@ -1,0 +1,43 @@
+"""Start-up: onnx-ir imports sympy at module level (about a third of ``import onnxslim``) but
+needs it only for arithmetic on symbolic dims (``SymbolicDim`` checks ``str`` before
+``sympy.Expr``; ``onnx_ir._symbolic_shapes`` builds a table of sympy functions at import and is
+only used to parse such expressions). A stand-in module for each imports the real sympy on the first attribute anyone asks it
+for, which most runs never do. (importlib's LazyLoader would not do: the import statement itself
+touches the module and triggers it.)"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.machinery
+import importlib.util
+import sys
+import types
+
+
+class _DeferredModule(types.ModuleType):
+    def __getattr__(self, name: str):
+        # The import system asks for __path__ (submodules: ``import sympy.core``), star-imports
+        # for __all__: those need the real module too. Other dunders are probes: not found.
+        if name.startswith("__") and name not in ("__path__", "__all__", "__file__"):
+            raise AttributeError(name)
+        if sys.modules.get(self.__name__) is self:
+            del sys.modules[self.__name__]
+        real = importlib.import_module(self.__name__)
+        self.__dict__.update({k: v for k, v in real.__dict__.items() if k != "__class__"})
+        return getattr(real, name)
+
+
+def defer(name: str, spec: importlib.machinery.ModuleSpec | None = None) -> None:
+    if name in sys.modules:
+        return
+    module = _DeferredModule(name)
+    module.__spec__ = spec
+    sys.modules[name] = module
+
+
+def defer_sympy() -> None:
+    if "onnx_ir" in sys.modules or importlib.util.find_spec("sympy") is None:
+        return
+    defer("sympy", importlib.util.find_spec("sympy"))
+    # A submodule's spec cannot be looked up without importing its package: none is needed.
+    defer("onnx_ir._symbolic_shapes")
