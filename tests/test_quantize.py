@@ -311,3 +311,15 @@ def test_budget_object_of_the_core_is_used_when_there_is_one():
     ctx = PassContext(validation=VAL, reference=reference, budget=Strict())
     result = Quantize(mode="dynamic").run(model, ctx)
     assert not result.modified and seen  # bit-exact budget: every layer stays float
+
+
+def test_mixed_precision_under_the_core_budget_flags():
+    """--max-error and --metric-outputs (the core Budget) steer mixed precision like --min-cosine."""
+    loose = onnxslim.optimize(MLP, "quantize:mode=dynamic", inputs=VAL, max_error=0.5, metric_outputs=["logits"])
+    row = loose.report.passes[-1]
+    assert row.status == "applied" and len(row.details["quantized"]) == 3
+    assert max(m.max_abs for m in row.metrics) <= 0.5
+    tight = onnxslim.optimize(MLP, "quantize:mode=dynamic", inputs=VAL, max_error=0.05, metric_outputs=["logits"])
+    row = tight.report.passes[-1]
+    assert row.status == "no change" and "every layer kept in float for the budget" in row.summary
+    assert "MatMulInteger" not in _ops(tight.model)
