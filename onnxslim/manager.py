@@ -247,7 +247,7 @@ def optimize(
                 row.notes.append("the pass reported no change but changed the model: checked as a change")
             if modified:
                 row.status = APPLIED
-                problem = _check_graph(current) or (_shape_problem(current) if infer_ok else None)
+                problem = _check_graph(current, infer=infer_ok)
                 if problem is None and validate:
                     t0 = time.perf_counter()
                     problem, outputs = _validate(
@@ -341,11 +341,20 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else ""
 
 
-def _check_graph(model: ir.Model) -> str | None:
-    """Structural check after a pass (checker and strict shape inference on a skeleton)."""
+def _check_graph(model: ir.Model, *, infer: bool = False) -> str | None:
+    """Structural check after a pass: the checker and, with ``infer``, strict shape inference,
+    on one skeleton (one serialisation of the model for both)."""
+    decodes = shapes._main_graph_decodes(model) if infer else None
     try:
         with shapes.skeleton(model) as proto:
-            onnx.checker.check_model(proto)
+            try:
+                onnx.checker.check_model(proto)
+            except Exception as exc:
+                return f"broken graph (onnx checker): {_first_line(exc)}"
+            if decodes is not None:
+                shapes.infer_skeleton(proto, decodes, strict=True)
+    except shapes.ShapeInferenceError as exc:
+        return f"broken graph (strict shape inference): {exc}"
     except Exception as exc:
         return f"broken graph (onnx checker): {_first_line(exc)}"
     return None

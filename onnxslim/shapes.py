@@ -67,18 +67,30 @@ def infer(
     """
     decodes = _main_graph_decodes(model)
     with skeleton(model) as proto:
-        _decodes_as_inputs(proto, *decodes)
-        if input_shapes:
-            for vi in proto.graph.input:
-                if vi.name in input_shapes:
-                    dims = vi.type.tensor_type.shape.dim
-                    for dim, size in zip(dims, input_shapes[vi.name]):
-                        dim.Clear()
-                        dim.dim_value = int(size)
-        try:
-            return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=strict, data_prop=True)
-        except Exception as exc:
-            raise ShapeInferenceError(_first_line(exc)) from exc
+        return infer_skeleton(proto, decodes, input_shapes, strict=strict)
+
+
+def infer_skeleton(
+    proto: onnx.ModelProto,
+    decodes: tuple[list[onnx.ValueInfoProto], set[str]],
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    *,
+    strict: bool = True,
+) -> onnx.ModelProto:
+    """``infer`` on a proto ``skeleton`` already made (changes it); ``decodes`` from
+    ``_main_graph_decodes(model)``, taken before the skeleton hid its weights."""
+    _decodes_as_inputs(proto, *decodes)
+    if input_shapes:
+        for vi in proto.graph.input:
+            if vi.name in input_shapes:
+                dims = vi.type.tensor_type.shape.dim
+                for dim, size in zip(dims, input_shapes[vi.name]):
+                    dim.Clear()
+                    dim.dim_value = int(size)
+    try:
+        return onnx.shape_inference.infer_shapes(proto, check_type=True, strict_mode=strict, data_prop=True)
+    except Exception as exc:
+        raise ShapeInferenceError(_first_line(exc)) from exc
 
 
 def _main_graph_decodes(model: ir.Model) -> tuple[list[onnx.ValueInfoProto], set[str]]:
