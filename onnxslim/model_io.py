@@ -581,18 +581,9 @@ def copy_atomic(source: Path, path: str | os.PathLike) -> list[Path]:
         raise UsageError(f"{path}: is a directory")
     if path.exists() and os.path.samefile(source, path):
         return [path]
-    _remove_stale_temporaries(directory)
-    fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), dir=directory)
-    os.close(fd)
-    try:
+    with _atomic_file(path, directory) as (fd, tmp):
+        os.close(fd)
         shutil.copyfile(source, tmp)
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-    except BaseException as exc:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(exc, OSError):
-            raise ModelError(f"{path}: cannot write: {exc.strerror or exc} (nothing written)") from exc
-        raise
     return [path]
 
 
@@ -601,12 +592,20 @@ def write_text_atomic(path: Path, text: str) -> None:
     directory = path.parent if str(path.parent) else Path(".")
     if not directory.is_dir():
         raise ModelError(f"{path}: directory {directory} does not exist")
+    with _atomic_file(path, directory) as (fd, tmp):
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+
+
+@contextlib.contextmanager
+def _atomic_file(path: Path, directory: Path):
+    """``(fd, temporary path)`` beside ``path``, renamed onto it when the block succeeds; removed
+    otherwise, an OSError (disk full, …) becoming a model error that names ``path``."""
     _remove_stale_temporaries(directory)
     fd, tmp = tempfile.mkstemp(prefix=_temp_prefix(path.name), dir=directory)
     try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        # mkstemp creates 0600; a report is an ordinary file (umask applies, as for the model).
+        yield fd, tmp
+        # mkstemp creates 0600; the result is an ordinary file (umask applies).
         os.chmod(tmp, 0o666 & ~_umask())
         os.replace(tmp, path)
     except BaseException as exc:
