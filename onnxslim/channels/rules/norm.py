@@ -16,9 +16,7 @@ def batchnormalization(w: Walk, node: ir.Node) -> None:
     if len([o for o in node.outputs if o is not None]) > 1 or any(a != 1 for a in axes):
         w.freeze_inputs(node, "training-mode BatchNormalization")
         return
-    for inp, role in zip(node.inputs[1:5], ("bn_scale", "bn_bias", "bn_mean", "bn_var")):
-        if w.ref(inp, 0, axes[1], node, role, "producer") is None:
-            w.freeze(axes[1], f"BatchNormalization with computed {role} at node {node.name}")
+    _channel_params(w, node, ("bn_scale", "bn_bias", "bn_mean", "bn_var"), axes[1], lambda role: f"BatchNormalization with computed {role} at node {node.name}")
     w.set(node.outputs[0], axes, node)
 
 @rule("InstanceNormalization")
@@ -29,9 +27,7 @@ def instancenormalization(w: Walk, node: ir.Node) -> None:
     if any(a != 1 for a in axes):
         w.freeze_inputs(node, "normalization over channels")
         return
-    for inp, role in zip(node.inputs[1:3], ("bn_scale", "bn_bias")):
-        if w.ref(inp, 0, axes[1], node, role, "producer") is None:
-            w.freeze(axes[1], f"computed {role} at {label(node)}")
+    _channel_params(w, node, ("bn_scale", "bn_bias"), axes[1], lambda role: f"computed {role} at {label(node)}")
     w.set(node.outputs[0], axes, node)
 
 @rule("LayerNormalization")
@@ -56,3 +52,11 @@ def layernormalization(w: Walk, node: ir.Node) -> None:
                 w.freeze(atoms, f"computed {role} at {label(node)}")
         w.ln_atoms.append((atoms, node))
     w.set(node.outputs[0], axes, node)
+
+
+def _channel_params(w: Walk, node: ir.Node, roles: tuple[str, ...], atoms, reason) -> None:
+    """Inputs 1.. of ``node`` are per-channel vectors sliced with ``atoms`` (one role each); a
+    computed one freezes them with ``reason(role)``."""
+    for inp, role in zip(node.inputs[1 : 1 + len(roles)], roles):
+        if w.ref(inp, 0, atoms, node, role, "producer") is None:
+            w.freeze(atoms, reason(role))
