@@ -57,7 +57,7 @@ NEGATIVE_DIMS_KEY = "onnxslim.negative_dims"
 
 
 def _values(model: ir.Model) -> Iterator[ir.Value]:
-    for graph in model.graphs():
+    for graph in all_graphs(model):
         yield from graph.inputs
         yield from graph.outputs
         for node in graph:

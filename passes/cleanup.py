@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from onnx_ir.passes import common
 
-from onnxslim.constants import model_fingerprint, weight_bytes
+from onnxslim.constants import all_graphs, model_fingerprint, weight_bytes
 from onnxslim.pass_api import Pass, PassContext, PassResult, option
 
 
@@ -83,8 +83,8 @@ class _IdentityElimination(common.IdentityEliminationPass):
 
 
 def _count_nodes(model) -> int:
-    return sum(len(g) for g in model.graphs())
+    return sum(len(g) for g in all_graphs(model))
 
 
 def _count_initializers(model) -> int:
-    return sum(len(g.initializers) for g in model.graphs())
+    return sum(len(g.initializers) for g in all_graphs(model))

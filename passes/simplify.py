@@ -21,7 +21,7 @@ import numpy as np
 import onnx_ir as ir
 from onnx_ir.passes import common
 
-from onnxslim.constants import model_fingerprint, weight_bytes
+from onnxslim.constants import all_graphs, model_fingerprint, weight_bytes
 from onnxslim.pass_api import Pass, PassContext, PassResult, option
 from onnxslim.sparse_codec import ROLE_KEY
 
@@ -46,7 +46,7 @@ class Simplify(Pass):
         iterations: int = option(3, "rounds of folding and rewriting (stops early when a round changes nothing)")
 
     def run(self, model, ctx: PassContext) -> PassResult:
-        nodes_before = sum(len(g) for g in model.graphs())
+        nodes_before = sum(len(g) for g in all_graphs(model))
         bytes_before = weight_bytes(model)
         before = model_fingerprint(model)
         guard = _Guard(model)
@@ -55,7 +55,7 @@ class Simplify(Pass):
         guard.check(model)
         Cleanup().run(model, ctx)
         modified = model_fingerprint(model) != before
-        nodes_after = sum(len(g) for g in model.graphs())
+        nodes_after = sum(len(g) for g in all_graphs(model))
         details = {
             "nodes_removed": nodes_before - nodes_after,
             "weight_bytes_saved": bytes_before - weight_bytes(model),
@@ -160,7 +160,7 @@ def _infer_once(model: ir.Model) -> bool:
 
 def _protected_nodes(model: ir.Model) -> set[ir.Node]:
     """Nodes no rule may touch: ``sparsify``'s CSR decodes (folding one back would undo it)."""
-    return {n for g in model.graphs() for n in g if ROLE_KEY in n.metadata_props}
+    return {n for g in all_graphs(model) for n in g if ROLE_KEY in n.metadata_props}
 
 
 class _Protected:
@@ -215,8 +215,8 @@ class _Guard:
         self.functions = set(model.functions)
         # Inference annotates intermediate values; only the annotations the model had are kept
         # (the file is not padded with value_info it did not ask for).
-        self.annotated = {id(v) for g in model.graphs() for n in g for v in n.outputs if v.type is not None or v.shape is not None}
-        self.decodes = sum(1 for g in model.graphs() for n in g if n.metadata_props.get(ROLE_KEY) == "output")
+        self.annotated = {id(v) for g in all_graphs(model) for n in g for v in n.outputs if v.type is not None or v.shape is not None}
+        self.decodes = sum(1 for g in all_graphs(model) for n in g if n.metadata_props.get(ROLE_KEY) == "output")
 
     def check(self, model: ir.Model) -> None:
         # Metadata and the IR version are restored outright; anything else is an error (the
@@ -230,7 +230,7 @@ class _Guard:
             if domain in self.opsets and self.opsets[domain] != version:
                 raise SimplifyGuardError(f"opset {domain or 'ai.onnx'} changed {self.opsets[domain]} → {version}")
         # Folding refines value shapes from inference; the graph's declared signature stays.
-        for g in model.graphs():
+        for g in all_graphs(model):
             for n in g:
                 for v in n.outputs:
                     if id(v) not in self.annotated and not v.is_graph_output():
@@ -240,7 +240,7 @@ class _Guard:
                 value.type, value.shape = type_, shape
         if _signature(model.graph) != self.signature:
             raise SimplifyGuardError("the graph's signature changed")
-        decodes = sum(1 for g in model.graphs() for n in g if n.metadata_props.get(ROLE_KEY) == "output")
+        decodes = sum(1 for g in all_graphs(model) for n in g if n.metadata_props.get(ROLE_KEY) == "output")
         if decodes != self.decodes:
             raise SimplifyGuardError(f"CSR decodes changed ({self.decodes} → {decodes})")
 
