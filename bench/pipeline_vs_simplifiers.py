@@ -2,6 +2,7 @@
 
     python bench/pipeline_vs_simplifiers.py [model.onnx ...] [--repeat 3]
         [--onnxsim-python /tmp/peer-onnxsim/bin/python] [--onnxslim-python /tmp/peer-onnxslim/bin/python]
+        [--baseline DIR] [--tools ours,OnnxSlim,onnxsim]
 
 Per model and tool: nodes after (subgraphs included), CPU seconds of the whole process (user +
 system, interpreter start-up and imports included), peak RSS, both as ratios to the faster /
@@ -12,7 +13,9 @@ repeat, interleaved; medians are shown.
 The simplifiers are not dependencies and PyPI's OnnxSlim has our import name: install each in its
 own virtual environment (``python -m venv /tmp/peer-onnxsim && /tmp/peer-onnxsim/bin/pip install
 onnxsim``; the same for ``onnxslim`` in /tmp/peer-onnxslim) and point the flags at them; a tool
-whose interpreter is missing is left out. Default models: the fixtures and, if fetched, the real
+whose interpreter is missing is left out. ``--baseline DIR`` adds a row for another source tree of
+ours (e.g. ``git archive main | tar -x -C DIR``), run with this interpreter, for before/after
+tables; ``--tools`` keeps only the named rows. Default models: the fixtures and, if fetched, the real
 models of ../shared/corpus (in ~/.cache/onnxslim-corpus).
 """
 
@@ -101,9 +104,11 @@ def default_models() -> list[Path]:
     return fixtures + sorted(CORPUS.glob("*.onnx"))
 
 
-def measure(python: str, tool: str, model: Path, out: Path) -> dict:
+def measure(python: str, tool: str, model: Path, out: Path, baseline: Path | None = None) -> dict:
     shapes = json.dumps(SHAPES.get(model.name, {}))
-    proc = subprocess.run([python, "-c", RUNNER, tool, str(model), str(out), shapes], capture_output=True, text=True, cwd=ROOT if tool.startswith("ours") else tempfile.gettempdir())
+    # ``python -c`` puts the working directory first on sys.path: it picks which tree of ours runs.
+    cwd = (baseline if tool == "ours baseline" else ROOT) if tool.startswith("ours") else tempfile.gettempdir()
+    proc = subprocess.run([python, "-c", RUNNER, tool, str(model), str(out), shapes], capture_output=True, text=True, cwd=cwd)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         return {"code": proc.returncode or 1, "error": (proc.stderr.strip().splitlines() or ["?"])[-1]}
@@ -116,15 +121,22 @@ def main() -> None:
     parser.add_argument("--repeat", type=int, default=3)
     parser.add_argument("--onnxsim-python", default="/tmp/peer-onnxsim/bin/python")
     parser.add_argument("--onnxslim-python", default="/tmp/peer-onnxslim/bin/python")
+    parser.add_argument("--baseline", type=Path, help="another source tree of ours, shown as 'ours baseline'")
+    parser.add_argument("--tools", help="comma-separated rows to keep (default: all)")
     args = parser.parse_args()
     import onnx
 
     tools = {"ours": sys.executable, "ours --no-validate": sys.executable}
+    if args.baseline:
+        tools["ours baseline"] = sys.executable
     for name, python in (("OnnxSlim", args.onnxslim_python), ("onnxsim", args.onnxsim_python)):
         if Path(python).exists():
             tools[name] = python
         else:
             print(f"({name} left out: {python} not found)")
+    if args.tools:
+        keep = set(args.tools.split(","))
+        tools = {k: v for k, v in tools.items() if k in keep}
     peers = [t for t in tools if not t.startswith("ours")]
     print(
         f"{'model':<30} {'tool':<20} {'nodes':>11} {'CPU s':>7} {'CPU/best':>8} {'RSS MiB':>8} "
@@ -136,7 +148,7 @@ def main() -> None:
             runs: dict[str, list[dict]] = {t: [] for t in tools}
             for _ in range(args.repeat):
                 for tool, python in tools.items():  # interleaved
-                    runs[tool].append(measure(python, tool, model, Path(tmp) / f"{tool.split()[0]}.onnx"))
+                    runs[tool].append(measure(python, tool, model, Path(tmp) / f"{tool.replace(' ', '_')}.onnx", args.baseline))
             results = {}
             for tool, rs in runs.items():
                 ok = [r for r in rs if r.get("code") == 0]
@@ -144,7 +156,7 @@ def main() -> None:
                     results[tool] = None
                     print(f"{model.name[:30]:<30} {tool:<20} failed: {rs[0].get('error')}")
                     continue
-                out = Path(tmp) / f"{tool.split()[0]}.onnx"
+                out = Path(tmp) / f"{tool.replace(' ', '_')}.onnx"
                 results[tool] = {
                     "cpu": statistics.median(r["cpu"] for r in ok),
                     "rss": statistics.median(r["rss"] for r in ok),
