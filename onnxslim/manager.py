@@ -186,9 +186,12 @@ def optimize(
             )
         config = InputConfig(validation_data, input_shapes, samples, seed)
         reference, shape_map = None, None
+        # What sessions load for the model as it stands: one serialisation per state, shared by
+        # its validation session and (for the last state) the final default-level check.
+        loaded = _session_model(current) if validate else None
         if validate:
             console.step("reference outputs of the original model")
-            feeds, reference = _reference_outputs(current, config, caught)
+            feeds, reference = _reference_outputs(current, config, caught, loaded)
         elif validation_data is not None or measure_latency:  # latency is timed on a sample
             feeds = config.samples(current)
         else:
@@ -209,13 +212,16 @@ def optimize(
         shape_map = {k: list(v.shape) for k, v in (first or {}).items() if isinstance(v, np.ndarray)}
     report.input_shapes = shape_map
     report.samples = len(feeds)
-    report.before = stats.compute(current, shape_map, first)
+    # Strict shape inference catches stale or wrong shapes a pass leaves behind; it is only a
+    # criterion when the original model passes it (custom domains, for one, do not). The same
+    # skeleton gives the checker's verdict on the input (the final check's, if nothing changes)
+    # and the inferred shapes serve the statistics.
+    state = _initial_state(current, loaded)
+    infer_ok = state.inferred is not None
+    report.before = stats.compute(current, shape_map, first, inferred=state.inferred, proto=_proto(state))
     # Which If branches the samples execute: a pass that changes one no sample reaches is named.
     reached = validation.branches_reached(current, feeds) if validate else set()
 
-    # Strict shape inference catches stale or wrong shapes a pass leaves behind; it is only a
-    # criterion when the original model passes it (custom domains, for one, do not).
-    infer_ok = _shape_problem(current) is None
     # Outputs of the model as it stands before each pass: a lossless pass must reproduce these
     # (not the original's, which an earlier lossy pass has legitimately moved away from).
     previous = reference
@@ -247,11 +253,12 @@ def optimize(
                 row.notes.append("the pass reported no change but changed the model: checked as a change")
             if modified:
                 row.status = APPLIED
-                problem = _check_graph(current, infer=infer_ok)
+                problem, inferred = _check_graph(current, infer=infer_ok)
+                state = _State() if problem is not None else _State("ok", _session_model(current) if validate else None, inferred)
                 if problem is None and validate:
                     t0 = time.perf_counter()
                     problem, outputs = _validate(
-                        row, current, feeds, reference, previous, tolerances, default_tolerance, budget
+                        row, current, feeds, reference, previous, tolerances, default_tolerance, budget, state.session
                     )
                     row.validate_seconds = time.perf_counter() - t0
                     if problem is None:
@@ -261,10 +268,11 @@ def optimize(
                     row.status, row.reason = (FAILED if problem.startswith("broken") else ROLLED_BACK), problem
         if row.status in (FAILED, ROLLED_BACK):
             current = snapshot
+            state = _State()  # nothing known about the snapshot's state: checked afresh
             if strict and (p.lossless or row.status == FAILED):
                 raise PassFailedError(f"pass {p.name!r} {row.status}: {row.reason}")
         if row.status == APPLIED:
-            row.stats = stats.compute(current, shape_map, first)
+            row.stats = stats.compute(current, shape_map, first, inferred=state.inferred, proto=_proto(state))
         report.passes.append(row)
         console.done(row)
 
@@ -272,7 +280,7 @@ def optimize(
         console.step("latency of the input and the result, side by side")
         report.latency = _latency(original, current, first)
     if final_check:
-        report.final_checks = _final_checks(current)
+        report.final_checks = _final_checks(current, state)
         if any(v != "ok" for v in report.final_checks.values()) and not isinstance(model, ir.Model):
             # Only a check the input model passes is this run's fault: look at a fresh copy.
             report.input_checks = _final_checks(model_io.load_document(model).model)
@@ -280,14 +288,18 @@ def optimize(
     return OptimizeResult(current, report, None, source, doc.files)
 
 
-def _reference_outputs(model: ir.Model, config: InputConfig, caught: list) -> tuple[list[Sample], validation.Outputs]:
-    """Samples and the original model's outputs on them. When the model fails at defaulted
+def _reference_outputs(
+    model: ir.Model, config: InputConfig, caught: list, loaded: ir.Model | onnx.ModelProto | None = None
+) -> tuple[list[Sample], validation.Outputs]:
+    """Samples and the original model's outputs on them (its sessions load ``loaded``, see
+    :func:`_session_model`). When the model fails at defaulted
     dynamic dims, the larger :data:`~onnxslim.inputs.RETRY_DIMS` are tried in turn (a warning
     says which worked); the samples' own warnings are kept in ``caught``."""
+    loaded = model if loaded is None else loaded
     mark = len(caught)
     feeds = config.samples(model)
     try:
-        return feeds, validation.run_model(model, feeds)
+        return feeds, validation.run_model(loaded, feeds)
     except ModelError as exc:
         failure = exc
     defaulted = any(issubclass(w.category, DefaultedDimsWarning) for w in caught[mark:])
@@ -301,7 +313,7 @@ def _reference_outputs(model: ir.Model, config: InputConfig, caught: list) -> tu
                 except UsageError:  # over the sample size limit: stop growing
                     break
                 try:
-                    outputs = validation.run_model(model, feeds)
+                    outputs = validation.run_model(loaded, feeds)
                 except ModelError:
                     continue
             del caught[mark:]
@@ -341,31 +353,63 @@ def _first_line(exc: BaseException) -> str:
     return lines[0] if lines else ""
 
 
-def _check_graph(model: ir.Model, *, infer: bool = False) -> str | None:
+@dataclasses.dataclass
+class _State:
+    """What is known about the model as it stands, so nothing is serialised or inferred twice:
+    the checker's verdict (None: not run), what its sessions load (:func:`_session_model`; None:
+    not made), and strict shape inference at its declared shapes (None: not run or failed)."""
+
+    checker: str | None = None
+    session: ir.Model | onnx.ModelProto | None = None
+    inferred: onnx.ModelProto | None = None
+
+
+def _proto(state: _State) -> onnx.ModelProto | None:
+    return state.session if isinstance(state.session, onnx.ModelProto) else None
+
+
+def _session_model(model: ir.Model) -> ir.Model | onnx.ModelProto:
+    """What onnxruntime sessions of ``model`` load: its proto, serialised once, when sessions are
+    built in memory; else the model itself (large weights are shared, not serialised)."""
+    return model_io.to_proto(model) if runtime.loads_in_memory(model) else model
+
+
+def _initial_state(model: ir.Model, loaded: ir.Model | onnx.ModelProto) -> _State:
+    """The input model's checker verdict and strict inference, on one skeleton."""
+    state = _State(session=loaded)
+    decodes = shapes._main_graph_decodes(model)
+    try:
+        with shapes.skeleton(model) as proto:
+            try:
+                onnx.checker.check_model(proto)
+                state.checker = "ok"
+            except Exception as exc:
+                state.checker = f"failed: {_first_line(exc)}"
+            state.inferred = shapes.infer_skeleton(proto, decodes, strict=True)
+    except shapes.ShapeInferenceError:
+        state.inferred = None
+    return state
+
+
+def _check_graph(model: ir.Model, *, infer: bool = False) -> tuple[str | None, onnx.ModelProto | None]:
     """Structural check after a pass: the checker and, with ``infer``, strict shape inference,
-    on one skeleton (one serialisation of the model for both)."""
+    on one skeleton (one serialisation of the model for both). Returns the problem (or None)
+    and the inferred proto (with ``infer`` and no problem)."""
     decodes = shapes._main_graph_decodes(model) if infer else None
+    inferred = None
     try:
         with shapes.skeleton(model) as proto:
             try:
                 onnx.checker.check_model(proto)
             except Exception as exc:
-                return f"broken graph (onnx checker): {_first_line(exc)}"
+                return f"broken graph (onnx checker): {_first_line(exc)}", None
             if decodes is not None:
-                shapes.infer_skeleton(proto, decodes, strict=True)
+                inferred = shapes.infer_skeleton(proto, decodes, strict=True)
     except shapes.ShapeInferenceError as exc:
-        return f"broken graph (strict shape inference): {exc}"
+        return f"broken graph (strict shape inference): {exc}", None
     except Exception as exc:
-        return f"broken graph (onnx checker): {_first_line(exc)}"
-    return None
-
-
-def _shape_problem(model: ir.Model) -> str | None:
-    try:
-        shapes.infer(model, strict=True)
-    except shapes.ShapeInferenceError as exc:
-        return f"broken graph (strict shape inference): {exc}"
-    return None
+        return f"broken graph (onnx checker): {_first_line(exc)}", None
+    return None, inferred
 
 
 def _validate(
@@ -377,11 +421,13 @@ def _validate(
     tolerances: Mapping[str, Tolerance] | None,
     default_tolerance: Tolerance,
     budget: Budget,
+    loaded: ir.Model | onnx.ModelProto | None = None,
 ) -> tuple[str | None, validation.Outputs | None]:
-    """Run the model; fill the row's drift (vs the original) and step change (vs before the
-    pass). Returns the reason to roll back (or None) and the outputs."""
+    """Run the model (its sessions load ``loaded``, see :func:`_session_model`); fill the row's
+    drift (vs the original) and step change (vs before the pass). Returns the reason to roll
+    back (or None) and the outputs."""
     try:
-        outputs = validation.run_model(model, feeds)
+        outputs = validation.run_model(model if loaded is None else loaded, feeds)
     except ModelError as exc:
         return f"broken graph ({exc})", None
     row.metrics = validation.compare(reference, outputs, tolerances, default_tolerance)
@@ -418,17 +464,22 @@ def held_out_split(samples: Sequence[Sample]) -> tuple[list[Sample], list[Sample
     return kept, held
 
 
-def _final_checks(model: ir.Model) -> dict[str, Any]:
-    """The final model must pass the checker and load at onnxruntime's default level."""
+def _final_checks(model: ir.Model, known: _State | None = None) -> dict[str, Any]:
+    """The final model must pass the checker and load at onnxruntime's default level.
+    ``known``: what is already known about the model as it stands (verdict, serialisation)."""
+    known = known or _State()
     checks: dict[str, Any] = {}
+    if known.checker is not None:
+        checks["onnx_checker"] = known.checker
+    else:
+        try:
+            with shapes.skeleton(model) as proto:
+                onnx.checker.check_model(proto, full_check=False)
+            checks["onnx_checker"] = "ok"
+        except Exception as exc:
+            checks["onnx_checker"] = f"failed: {_first_line(exc)}"
     try:
-        with shapes.skeleton(model) as proto:
-            onnx.checker.check_model(proto, full_check=False)
-        checks["onnx_checker"] = "ok"
-    except Exception as exc:
-        checks["onnx_checker"] = f"failed: {_first_line(exc)}"
-    try:
-        with runtime.session(model, "default"):
+        with runtime.session(model if known.session is None else known.session, "default"):
             pass
         checks["onnxruntime_default_level"] = "ok"
     except ModelError as exc:

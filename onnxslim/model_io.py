@@ -653,10 +653,31 @@ def _encode_varint(n: int) -> bytes:
 _GRAPH_TAG = bytes([(7 << 3) | 2])
 
 
-def inline_size(model: ir.Model) -> int:
-    """Bytes of the file :func:`save` writes inline for ``model``, computed without reading weights."""
-    skeleton, records = _inline_layout(model)
-    return len(skeleton) + sum(len(prefix) + (tensor.nbytes if tensor is not None else 0) for prefix, tensor in records)
+def inline_size(model: ir.Model, proto: onnx.ModelProto | None = None) -> int:
+    """Bytes of the file :func:`save` writes inline for ``model``, computed without reading weights.
+
+    ``proto``, the model's :func:`to_proto` when the caller has it, saves serialising the model
+    again: the file's skeleton is that proto less its main-graph initializers.
+    """
+    if proto is None:
+        skeleton, records = _inline_layout(model)
+        head = len(skeleton)
+    else:
+        records = _initializer_records(model)
+        head = _size_without_initializers(proto)
+    return head + sum(len(prefix) + (tensor.nbytes if tensor is not None else 0) for prefix, tensor in records)
+
+
+def _size_without_initializers(proto: onnx.ModelProto) -> int:
+    """``proto.ByteSize()`` less its main graph's (sparse) initializer fields, i.e. the size of
+    :func:`_inline_layout`'s skeleton (each field: a one-byte tag, a varint length, the message)."""
+    graph = proto.graph.ByteSize()
+    removed = 0
+    for tensor in (*proto.graph.initializer, *proto.graph.sparse_initializer):
+        n = tensor.ByteSize()
+        removed += 1 + len(_encode_varint(n)) + n
+    rest = graph - removed
+    return proto.ByteSize() - len(_encode_varint(graph)) - graph + len(_encode_varint(rest)) + rest
 
 
 def _write_inline_streaming(model: ir.Model, path: Path) -> None:
@@ -700,8 +721,12 @@ def _inline_layout(model: ir.Model) -> tuple[bytes, list[Record]]:
     kept = [vi for vi in skeleton.graph.value_info if vi.name not in names]
     del skeleton.graph.value_info[:]
     skeleton.graph.value_info.extend(kept)
-    records = [initializer_record(v, v.name in sparse) for v in values if v.const_value is not None]
-    return skeleton.SerializeToString(), records
+    return skeleton.SerializeToString(), _initializer_records(model, sparse)
+
+
+def _initializer_records(model: ir.Model, sparse: set[str] | None = None) -> list[Record]:
+    sparse = _sparse_marked(model) if sparse is None else sparse
+    return [initializer_record(v, v.name in sparse) for v in model.graph.initializers.values() if v.const_value is not None]
 
 
 #: Wire tags: GraphProto.initializer (5), TensorProto.raw_data (9).

@@ -59,7 +59,7 @@ def session(
                 model.graph.outputs.append(value)
                 added.append(value)
     try:
-        if isinstance(model, onnx.ModelProto) or weight_bytes(model) <= _IN_MEMORY_LIMIT_BYTES:
+        if isinstance(model, onnx.ModelProto) or loads_in_memory(model):
             data = model_io.to_bytes(model)
             yield _create(data, opts)
         else:
@@ -80,6 +80,12 @@ def session(
     finally:
         for value in added:
             model.graph.outputs.remove(value)
+
+
+def loads_in_memory(model: ir.Model) -> bool:
+    """Whether :func:`session` builds ``model``'s session from its serialised proto (so a caller
+    may serialise once with :func:`model_io.to_proto` and pass the proto to several sessions)."""
+    return weight_bytes(model) <= _IN_MEMORY_LIMIT_BYTES
 
 
 def _options(level: str, threads: int) -> ort.SessionOptions:

@@ -176,13 +176,35 @@ def merge_shapes(model: ir.Model, proto: onnx.ModelProto) -> None:
 
 
 def concrete_shapes(
-    model: ir.Model, input_shapes: Mapping[str, Sequence[int]], *, symbolic: bool = False
+    model: ir.Model,
+    input_shapes: Mapping[str, Sequence[int]],
+    *,
+    symbolic: bool = False,
+    inferred: onnx.ModelProto | None = None,
 ) -> dict[str, tuple]:
     """Every inferable value's shape at the given input shapes (non-strict; for statistics).
 
     Unknown dims are None, or with ``symbolic`` their ``dim_param`` name where inference kept one.
+    ``inferred``, :func:`infer`'s result for the model at its declared shapes, is used instead
+    of inferring again when ``input_shapes`` fix no dim the declaration leaves open.
     """
-    proto = infer(model, input_shapes, strict=False)
+    if inferred is None or not declares(model, input_shapes):
+        inferred = infer(model, input_shapes, strict=False)
+    return shapes_in(inferred, symbolic=symbolic)
+
+
+def declares(model: ir.Model, input_shapes: Mapping[str, Sequence[int]]) -> bool:
+    """Whether the model's graph inputs already declare exactly ``input_shapes`` (static dims)."""
+    declared = {v.name: v.shape for v in model.graph.inputs}
+    for name, dims in input_shapes.items():
+        shape = declared.get(name)
+        if shape is None or len(shape) != len(dims) or any(not isinstance(d, int) or d != int(s) for d, s in zip(shape, dims)):
+            return False
+    return True
+
+
+def shapes_in(proto: onnx.ModelProto, *, symbolic: bool = False) -> dict[str, tuple]:
+    """Every shape an inferred proto holds (see :func:`concrete_shapes`)."""
     shapes: dict[str, tuple] = {}
 
     def dim(d: onnx.TensorShapeProto.Dimension) -> int | str | None:

@@ -8,6 +8,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 from .constants import constant, iter_nodes, model_constants
@@ -46,10 +47,18 @@ class ModelStats:
 
 
 def compute(
-    model: ir.Model, input_shapes: Mapping[str, Sequence[int]] | None = None, sample: Mapping[str, np.ndarray] | None = None
+    model: ir.Model,
+    input_shapes: Mapping[str, Sequence[int]] | None = None,
+    sample: Mapping[str, np.ndarray] | None = None,
+    *,
+    inferred: onnx.ModelProto | None = None,
+    proto: onnx.ModelProto | None = None,
 ) -> ModelStats:
     """Statistics at ``input_shapes``; with a ``sample``, shapes inference cannot resolve are
-    measured by running the model once in onnxruntime."""
+    measured by running the model once in onnxruntime. ``inferred`` is the model's shape
+    inference at its declared shapes (``shapes.infer``) when the caller has it: it serves the
+    symbolic MACs, and the concrete ones when ``input_shapes`` are the declared shapes; ``proto``
+    is the model's ``model_io.to_proto`` when the caller has it (for the file size)."""
     consts = model_constants(model)
     params = 0
     zeros = 0
@@ -72,10 +81,10 @@ def compute(
         zeros += int(arr.size - np.count_nonzero(arr))
     params += _integer_weight_params(model)
     by_precision: dict[str, int] = {}
-    macs, unresolved = count_macs(model, input_shapes or {}, sample, by_precision)
+    macs, unresolved = count_macs(model, input_shapes or {}, sample, by_precision, inferred=inferred)
     nodes = sum(1 for _ in iter_nodes(model))
     return ModelStats(
-        nodes, params, macs, unresolved, nbytes, zeros, inline_size(model), symbolic_macs(model),
+        nodes, params, macs, unresolved, nbytes, zeros, inline_size(model, proto), symbolic_macs(model, inferred=inferred),
         by_precision if macs is not None else None,
     )
 
@@ -167,14 +176,15 @@ class Polynomial:
 _SUPERSCRIPT = dict(zip(range(10), "⁰¹²³⁴⁵⁶⁷⁸⁹"))
 
 
-def symbolic_macs(model: ir.Model) -> str | None:
+def symbolic_macs(model: ir.Model, *, inferred: onnx.ModelProto | None = None) -> str | None:
     """MACs as a polynomial in the graph inputs' named dynamic dims; None for static models or
-    when a MAC op's shape depends on dims inference cannot name."""
+    when a MAC op's shape depends on dims inference cannot name. ``inferred``: as in
+    :func:`compute`."""
     symbols = {d.value for v in model.graph.inputs if v.shape is not None for d in v.shape if isinstance(d, ir.SymbolicDim) and d.value}
     if not symbols:
         return None
     try:
-        inferred = concrete_shapes(model, {}, symbolic=True)
+        inferred = concrete_shapes(model, {}, symbolic=True, inferred=inferred)
     except ShapeInferenceError:
         return None
     shapes = {
@@ -203,11 +213,14 @@ def count_macs(
     input_shapes: Mapping[str, Sequence[int]],
     sample: Mapping[str, np.ndarray] | None = None,
     by_precision: dict[str, int] | None = None,
+    *,
+    inferred: onnx.ModelProto | None = None,
 ) -> tuple[int | None, int]:
     """MACs of the compute-heavy ops at concrete input shapes; (None, 0) if inference fails.
-    ``by_precision``, when given, receives the MACs per :func:`mac_precision`."""
+    ``by_precision``, when given, receives the MACs per :func:`mac_precision`; ``inferred``: as
+    in :func:`compute`."""
     try:
-        shapes = concrete_shapes(model, input_shapes)
+        shapes = concrete_shapes(model, input_shapes, inferred=inferred)
     except ShapeInferenceError:
         shapes = {}
     if sample is not None:

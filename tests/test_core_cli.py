@@ -256,8 +256,8 @@ def test_result_failing_a_check_the_input_passes_is_not_written(tmp_path, model,
     registry.register(MarksBroken)
     real = manager._final_checks
 
-    def fake(m):
-        checks = real(m)
+    def fake(m, *args):
+        checks = real(m, *args)
         if "broken" in m.metadata_props:
             checks["onnxruntime_default_level"] = "failed: simulated"
         return checks
