@@ -665,9 +665,9 @@ def _size_without_initializers(proto: onnx.ModelProto) -> int:
     removed = 0
     for tensor in (*proto.graph.initializer, *proto.graph.sparse_initializer):
         n = tensor.ByteSize()
-        removed += 1 + len(_encode_varint(n)) + n
+        removed += 1 + len(wire.encode_varint(n)) + n
     rest = graph - removed
-    return proto.ByteSize() - len(_encode_varint(graph)) - graph + len(_encode_varint(rest)) + rest
+    return proto.ByteSize() - len(wire.encode_varint(graph)) - graph + len(wire.encode_varint(rest)) + rest
 
 
 def _write_inline_streaming(model: ir.Model, path: Path) -> None:
