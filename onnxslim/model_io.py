@@ -66,12 +66,16 @@ def _values(model: ir.Model) -> Iterator[ir.Value]:
 
 def _normalise_negative_dims(model: ir.Model) -> None:
     """A negative ``dim_value`` means a dynamic dim (Paddle writes -1): hold it as an unknown dim,
-    so that every shape consumer treats it as one, and remember it for :func:`_declared_dims`."""
+    so that every shape consumer treats it as one, and remember it for :func:`_declared_dims`
+    (the graph's entry says whether any value has one: serialisations skip the walk when none)."""
+    found = False
     for value in _values(model):
         shape = value.shape
         if shape is not None and any(isinstance(d, int) and d < 0 for d in shape):
             value.meta[NEGATIVE_DIMS_KEY] = {i: d for i, d in enumerate(shape) if isinstance(d, int) and d < 0}
             value.shape = ir.Shape([None if isinstance(d, int) and d < 0 else d for d in shape])
+            found = True
+    model.graph.meta[NEGATIVE_DIMS_KEY] = found
 
 
 #: Main-graph metadata: ``value_info`` entries the model declared for its own graph outputs, with
@@ -103,7 +107,10 @@ def _declared_dims(model: ir.Model) -> Iterator[None]:
     """Put back the negative dims the model declared (where the dim is still unknown) while it is
     serialised: the written model keeps its declaration."""
     restored = []
-    for value in _values(model):
+    # Only values of a loaded model carry the entry: none when loading found none (every value's
+    # ``meta`` would otherwise be created just to look).
+    values = () if model.graph.meta.get(NEGATIVE_DIMS_KEY) is False else _values(model)
+    for value in values:
         axes = value.meta.get(NEGATIVE_DIMS_KEY)
         shape = value.shape
         if not axes or shape is None:
