@@ -217,6 +217,7 @@ def optimize(
     # skeleton gives the checker's verdict on the input (the final check's, if nothing changes)
     # and the inferred shapes serve the statistics.
     state = _initial_state(current, loaded)
+    loaded = None  # held by the state only: freed once a pass changes the model
     infer_ok = state.inferred is not None
     report.before = stats.compute(current, shape_map, first, inferred=state.inferred, proto=_proto(state))
     # Which If branches the samples execute: a pass that changes one no sample reaches is named.
