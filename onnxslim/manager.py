@@ -238,6 +238,7 @@ def optimize(
         fingerprint = model_fingerprint(current)
         branches = validation.if_branches(current) if validate else {}
         start = time.perf_counter()
+        ctx.inferred = state.inferred
         try:
             result = p.run(current, ctx)
         except UsageError:
@@ -246,6 +247,7 @@ def optimize(
             result = None
             row.status, row.reason = FAILED, f"{type(exc).__name__}: {_first_line(exc)}"
         row.seconds = time.perf_counter() - start
+        ctx.inferred = None
         if result is not None:
             row.summary, row.details, row.notes = result.summary, result.details, list(result.notes)
             modified = result.modified
@@ -272,6 +274,8 @@ def optimize(
             state = _State()  # nothing known about the snapshot's state: checked afresh
             if strict and (p.lossless or row.status == FAILED):
                 raise PassFailedError(f"pass {p.name!r} {row.status}: {row.reason}")
+        if row.status == NO_CHANGE:
+            state.inferred = None  # a pass may annotate shapes without changing the graph
         if row.status == APPLIED:
             row.stats = stats.compute(current, shape_map, first, inferred=state.inferred, proto=_proto(state))
         report.passes.append(row)

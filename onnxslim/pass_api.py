@@ -65,6 +65,9 @@ class PassContext:
     #: One validation sample (None when there is none): shapes that inference cannot resolve are
     #: measured on it, as the report's statistics measure them, so predicted MACs count the same.
     sample: dict[str, Any] | None = None
+    #: onnx shape inference (an ``onnx.ModelProto``: strict, data propagation, at the declared
+    #: shapes) of the model exactly as handed to the pass, when the manager has it; else None.
+    inferred: Any = None
     #: The validation samples (held out from calibration) the run is judged on, the original
     #: model's outputs on them (None without validation), and the run's accuracy budget
     #: (:class:`onnxslim.budget.Budget`): for passes that search within the budget.

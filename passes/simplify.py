@@ -51,7 +51,7 @@ class Simplify(Pass):
         before = model_fingerprint(model)
         guard = _Guard(model)
         with _quiet_onnxscript():
-            _simplify(model, self.options)
+            _simplify(model, self.options, ctx.inferred)
         guard.check(model)
         Cleanup().run(model, ctx)
         modified = model_fingerprint(model) != before
@@ -68,7 +68,7 @@ class Simplify(Pass):
         return PassResult(True, summary, details)
 
 
-def _simplify(model: ir.Model, options: Simplify.Options) -> None:
+def _simplify(model: ir.Model, options: Simplify.Options, inferred=None) -> None:
     from onnxscript import optimizer, rewriter
     from onnxscript.optimizer import _constant_folding
 
@@ -98,7 +98,7 @@ def _simplify(model: ir.Model, options: Simplify.Options) -> None:
     steps: list[ir.passes.PassBase] = [common.LiftConstantsToInitializersPass(lift_all_constants=True, size_limit=0)]
     # One whole-model inference in onnx's C++ (data propagation on) instead of onnxscript's
     # per-node inference (a third of the pass's time); per node only where that fails.
-    per_node = not _infer_once(model)
+    per_node = not _infer_once(model, inferred)
     loop = []
     if options.fold:
         loop.append(
@@ -148,11 +148,13 @@ def _grows(node: ir.Node) -> bool:
     return out_bytes > max(in_bytes, _SMALL_BYTES)
 
 
-def _infer_once(model: ir.Model) -> bool:
+def _infer_once(model: ir.Model, inferred=None) -> bool:
+    """``inferred``: the manager's strict inference of the model as handed to the pass (the
+    same result non-strict inference gives when strict succeeds), else inferred here."""
     from onnxslim import shapes
 
     try:
-        shapes.merge_shapes(model, shapes.infer(model, strict=False))
+        shapes.merge_shapes(model, inferred if inferred is not None else shapes.infer(model, strict=False))
     except shapes.ShapeInferenceError:
         return False
     return True
