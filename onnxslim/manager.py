@@ -316,9 +316,9 @@ def _reference_outputs(model: ir.Model, config: InputConfig, caught: list) -> tu
 
 
 def _name_unreached_branches(row: PassReport, before: Mapping, after: Mapping, reached: set[str]) -> None:
-    """Name each If branch the pass changed that no validation sample executes: its outputs were
-    not compared."""
-    unreached = [b for b in validation.changed_branches(before, after) if b not in reached]
+    """Name each branch (If branch, Loop/Scan body) the pass changed that no validation sample
+    executes: its outputs were not compared."""
+    unreached = validation.unvalidated_branches(before, after, reached)
     if unreached:
         row.unvalidated_branches = unreached
         row.notes.append(
