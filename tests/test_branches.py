@@ -5,6 +5,7 @@ branch is validated by a sample that reaches it, or the branch is named (status,
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import onnx
@@ -222,3 +223,82 @@ def test_branches_without_executed_nodes_are_tracked(tmp_path):
     assert validation.branches_reached(loaded, [_data(16000, 0)]) == {"If 'pick' then_branch"}
     assert validation.branches_reached(loaded, [_data(0, 2)]) == {"If 'pick' else_branch", "Loop 'idle' body"}
     assert model_io.to_bytes(loaded) == before  # the model itself is not touched
+
+
+# -- the real VAD and a VAD-like model whose If sits inside a Loop ----------------------------------
+
+CORPUS = Path.home() / ".cache" / "onnxslim-corpus"
+
+
+def test_silero_prune_with_no_data_validates_both_rates_and_names_the_untaken_one(tmp_path):
+    src = CORPUS / "silero_vad_op18_ifless.onnx"
+    if not src.exists():
+        pytest.skip(f"{src} absent (bash ../shared/corpus/fetch.sh)")
+    result = onnxslim.optimize(src, "prune:ratio=0.3")
+    row = result.report.passes[0]
+    assert row.status == "applied" and result.report.samples == 2  # sr takes 16000 and 0
+    assert row.unvalidated_branches == [] and not any("not validated" in n for n in row.notes)
+    assert "not validated" not in result.report.render(200)
+    data = {"input": np.zeros((1, 512), np.float32), "sr": np.array(16000, np.int64), "state": np.zeros((2, 1, 128), np.float32)}
+    row = onnxslim.optimize(src, "prune:ratio=0.3", inputs=[data]).report.passes[0]
+    assert row.status == "applied" and row.unvalidated_branches == ["If 'node_cond__1' else_branch"]
+
+
+def _vad_in_loop(path):
+    """Conv → Loop(2 steps, body: If(sr == 16000) Conv-Relu-Conv with the 16 kHz weights, else
+    with the 8 kHz ones) → Conv, on ``x[1, 4, samples]``."""
+    rng = np.random.default_rng(0)
+
+    def w(name, *shape):
+        return numpy_helper.from_array((rng.standard_normal(shape) * 0.3).astype(np.float32), name)
+
+    inits = [w("w_in", 8, 4, 3), w("w_out", 2, 8, 1), numpy_helper.from_array(np.array(16000, np.int64), "k"), numpy_helper.from_array(np.array(2, np.int64), "trips")]
+
+    def branch(tag):
+        inits.extend([w(f"{tag}_a", 16, 8, 3), w(f"{tag}_b", 8, 16, 3)])
+        nodes = [
+            helper.make_node("Conv", ["hc", f"{tag}_a"], [f"{tag}_h"], pads=[1, 1]),
+            helper.make_node("Relu", [f"{tag}_h"], [f"{tag}_r"]),
+            helper.make_node("Conv", [f"{tag}_r", f"{tag}_b"], [f"{tag}_o"], pads=[1, 1]),
+        ]
+        return helper.make_graph(nodes, tag, [], [helper.make_tensor_value_info(f"{tag}_o", F, [1, 8, None])])
+
+    body = helper.make_graph(
+        [
+            helper.make_node("Equal", ["sr", "k"], ["is16"]),
+            helper.make_node("If", ["is16"], ["ho"], name="by_rate", then_branch=branch("b16"), else_branch=branch("b8")),
+            helper.make_node("Identity", ["cond_in"], ["cond_out"]),
+        ],
+        "body",
+        [helper.make_tensor_value_info("i", TensorProto.INT64, []), helper.make_tensor_value_info("cond_in", TensorProto.BOOL, []), helper.make_tensor_value_info("hc", F, [1, 8, None])],
+        [helper.make_tensor_value_info("cond_out", TensorProto.BOOL, []), helper.make_tensor_value_info("ho", F, [1, 8, None])],
+    )
+    graph = helper.make_graph(
+        [
+            helper.make_node("Conv", ["x", "w_in"], ["h"], pads=[1, 1]),
+            helper.make_node("Loop", ["trips", "", "h"], ["hl"], name="steps", body=body),
+            helper.make_node("Conv", ["hl", "w_out"], ["y"]),
+        ],
+        "vad_in_loop",
+        [helper.make_tensor_value_info("x", F, [1, 4, "samples"]), SR],
+        [helper.make_tensor_value_info("y", F, [1, 2, "samples"])],
+        inits,
+    )
+    model = helper.make_model(graph, opset_imports=OPSET, ir_version=8)
+    onnx.checker.check_model(model, full_check=True)
+    onnx.save(model, path)
+    return path
+
+
+def test_vad_like_if_inside_a_loop_behaves_like_silero(tmp_path):
+    src = _vad_in_loop(tmp_path / "vad_loop.onnx")
+    passes = "unstructured:sparsity=0.5:min_size=0"
+    result = onnxslim.optimize(src, passes)  # no data: sr takes 16000 and 0, both branches run
+    row = result.report.passes[0]
+    assert row.status == "applied" and result.report.samples == 2 and row.unvalidated_branches == []
+    data = {"x": np.ones((1, 4, 50), np.float32), "sr": np.array(16000, np.int64)}
+    row = onnxslim.optimize(src, passes, inputs=[data]).report.passes[0]
+    assert row.status == "applied" and row.unvalidated_branches == ["Loop 'steps' body > If 'by_rate' else_branch"]
+    # prune leaves channels that go through a Loop alone: nothing changes, nothing is named.
+    row = onnxslim.optimize(src, "prune:ratio=0.3").report.passes[0]
+    assert row.status == "no change" and row.unvalidated_branches == []
