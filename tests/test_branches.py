@@ -302,3 +302,101 @@ def test_vad_like_if_inside_a_loop_behaves_like_silero(tmp_path):
     # prune leaves channels that go through a Loop alone: nothing changes, nothing is named.
     row = onnxslim.optimize(src, "prune:ratio=0.3").report.passes[0]
     assert row.status == "no change" and row.unvalidated_branches == []
+
+
+# -- value_info of subgraph outputs ---------------------------------------------------------------
+
+
+def _subgraph_value_info_model(path):
+    """An If, a Loop and a Scan whose subgraphs declare value_info for their own outputs (beside
+    the output's declaration, e.g. a symbolic dim), plus one for an intermediate."""
+    vi = helper.make_tensor_value_info
+    then_g = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["tr"]), helper.make_node("Sigmoid", ["tr"], ["t"])], "then", [], [vi("t", F, [1, 8])],
+        value_info=[vi("tr", F, [1, 8]), vi("t", F, [1, "n"])],
+    )
+    else_g = helper.make_graph([helper.make_node("Neg", ["x"], ["e"])], "else", [], [vi("e", F, [1, 8])], value_info=[vi("e", F, ["a", "b"])])
+    body = helper.make_graph(
+        [helper.make_node("Identity", ["cond_in"], ["cond_out"]), helper.make_node("Add", ["xc", "xc"], ["xo"])],
+        "body",
+        [vi("i", TensorProto.INT64, []), vi("cond_in", TensorProto.BOOL, []), vi("xc", F, [1, 8])],
+        [vi("cond_out", TensorProto.BOOL, []), vi("xo", F, [1, 8])],
+        value_info=[vi("xo", F, [1, "m"])],
+    )
+    scan_body = helper.make_graph(
+        [helper.make_node("Abs", ["row"], ["r"])], "scan_body", [vi("row", F, [8])], [vi("r", F, [8])], value_info=[vi("r", F, ["k"])]
+    )
+    nodes = [
+        helper.make_node("Equal", ["sr", "k"], ["is16"]),
+        helper.make_node("If", ["is16"], ["p"], name="pick", then_branch=then_g, else_branch=else_g),
+        helper.make_node("Loop", ["n", "", "p"], ["l"], name="loop", body=body),
+        helper.make_node("Scan", ["l"], ["s"], name="scan", body=scan_body, num_scan_inputs=1),
+        helper.make_node("Identity", ["s"], ["y"]),
+    ]
+    return _save(nodes, [X, SR, N], path)
+
+
+def _subgraph_value_info(proto) -> dict[str, list[bytes]]:
+    """Each subgraph's value_info entries for its outputs, by graph name."""
+    found = {}
+
+    def visit(graph):
+        for node in graph.node:
+            for attr in node.attribute:
+                if attr.type == onnx.AttributeProto.GRAPH:
+                    outputs = {o.name for o in attr.g.output}
+                    found[attr.g.name] = sorted(v.SerializeToString() for v in attr.g.value_info if v.name in outputs)
+                    visit(attr.g)
+
+    visit(proto.graph)
+    return found
+
+
+@pytest.mark.parametrize("passes", ["cleanup", "simplify", "zeros,sparsify", "unstructured:min_size=0"])
+def test_value_info_of_subgraph_outputs_is_kept(tmp_path, passes):
+    src = _subgraph_value_info_model(tmp_path / "in.onnx")
+    declared = _subgraph_value_info(onnx.load(src))
+    assert all(declared.values()) and len(declared) == 4
+    data = [_data(16000, 2), _data(0, 1)]
+    result = onnxslim.optimize(src, passes, inputs=data)
+    assert result.report.passes[-1].status in ("applied", "no change")
+    result.save(tmp_path / "out.onnx")
+    assert _subgraph_value_info(onnx.load(tmp_path / "out.onnx")) == declared  # bit-identical
+    assert _subgraph_value_info(model_io.to_proto(result.model)) == declared  # serialised in memory too
+
+
+class RedeclareBranchOutput(Pass):
+    """Test pass: changes the then_branch's output declaration (rank 2 → unknown shape) and
+    replaces the else_branch's node (its output declaration kept)."""
+
+    name = "test-redeclare-branch-output"
+    summary = "change a branch output's declaration (test only)"
+    lossless = True
+
+    def run(self, model, ctx):
+        import onnx_ir as ir
+
+        node = next(n for n in model.graph if n.op_type == "If")
+        node.attributes["then_branch"].as_graph().outputs[0].shape = None
+        else_branch = node.attributes["else_branch"].as_graph()
+        neg = else_branch.node(0)
+        mul = ir.node("Mul", [neg.inputs[0], ir.val("minus_one", const_value=ir.tensor(np.float32(-1)))], name="neg_as_mul")
+        mul.outputs[0].type, mul.outputs[0].shape = neg.outputs[0].type, neg.outputs[0].shape
+        else_branch.insert_before(neg, mul)
+        else_branch.register_initializer(mul.inputs[1])
+        else_branch.outputs[0] = mul.outputs[0]
+        else_branch.remove(neg)
+        mul.outputs[0].name = "e"  # the same output, computed another way
+        return PassResult(True, "redeclared")
+
+
+def test_value_info_of_a_changed_subgraph_output_is_dropped_or_kept_as_still_valid(tmp_path):
+    src = _subgraph_value_info_model(tmp_path / "in.onnx")
+    declared = _subgraph_value_info(onnx.load(src))
+    result = onnxslim.optimize(src, [RedeclareBranchOutput()], inputs=[_data(16000, 2), _data(0, 1)])
+    assert result.report.passes[0].status == "applied"
+    kept = _subgraph_value_info(model_io.to_proto(result.model))
+    assert kept["then"] == []  # the declaration it was written beside changed: no longer known valid
+    assert kept["body"] == declared["body"] and kept["scan_body"] == declared["scan_body"]
+    # The else_branch's output is computed another way, declared as before: still valid.
+    assert kept["else"] == declared["else"]
