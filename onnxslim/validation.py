@@ -296,6 +296,26 @@ def branches_reached(model: ir.Model, samples: Sequence[Sample]) -> set[Branch]:
         return {labels[name] for name in _profiled_nodes(Path(path)) if name in labels}
 
 
+def samples_reaching_more(model: ir.Model, samples: Sequence[Sample], reached: set[Branch]) -> tuple[list[Sample], set[Branch]]:
+    """Random samples can all take the same side of a data-dependent branch (``If(ReduceSum(x)
+    > 0)``). Each sample mirrored (float inputs negated: a sign test takes its other side) is
+    tried while some branch is unreached; those reaching a new branch are returned, with the
+    branches now reached."""
+    every = {label for label, _ in _subgraphs(model.graph)}
+    extra: list[Sample] = []
+    for sample in samples:
+        if reached >= every:
+            break
+        mirrored = {k: -v if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v for k, v in sample.items()}
+        if all(mirrored[k] is v for k, v in sample.items()):
+            continue
+        new = branches_reached(model, [mirrored]) - reached
+        if new:
+            extra.append(mirrored)
+            reached = reached | new
+    return extra, reached
+
+
 def _profiled_nodes(path: Path) -> set[str]:
     """Names of the nodes an onnxruntime profile says ran."""
     suffix = "_kernel_time"

@@ -400,3 +400,31 @@ def test_value_info_of_a_changed_subgraph_output_is_dropped_or_kept_as_still_val
     assert kept["body"] == declared["body"] and kept["scan_body"] == declared["scan_body"]
     # The else_branch's output is computed another way, declared as before: still valid.
     assert kept["else"] == declared["else"]
+
+
+# -- random samples that all take one side of a data-dependent If ---------------------------------
+
+
+def _sign_branch_model(path):
+    """``If(ReduceSum(x) > 0)``: ``x @ w16`` else ``x @ w8`` — which side random samples take
+    depends on the data, not on an integer input."""
+    zero = numpy_helper.from_array(np.array(0.0, np.float32), "zero")
+    nodes = _by_rate("x", "y")
+    nodes[0] = helper.make_node("ReduceSum", ["x"], ["total"], keepdims=0)
+    nodes.insert(1, helper.make_node("Greater", ["total", "zero"], ["by_rate_is16"]))
+    return _save(nodes, [X], path, [zero])
+
+
+def test_random_samples_are_mirrored_to_reach_a_data_dependent_branch(tmp_path):
+    src = _sign_branch_model(tmp_path / "sign.onnx")
+    # Seed 0's one sample sums > 0: only then_branch; its mirror (x negated) takes else_branch.
+    report = onnxslim.optimize(src, [ScaleWeight(weight="w8")], samples=1).report
+    row = report.passes[0]
+    assert report.samples == 2 and any("mirrored" in w and "else_branch" in w for w in report.warnings)
+    assert row.unvalidated_branches == [] and row.max_abs > 0
+    # Given data is never extended: the branch it misses is named.
+    row = _row(src, "w8", [{"x": np.ones((1, 8), np.float32)}])
+    assert row.max_abs == 0 and row.unvalidated_branches == ["If 'by_rate' else_branch"]
+    # A model without branches, or whose samples reach every branch, gets no extra sample.
+    report = onnxslim.optimize(_if_in_loop(tmp_path / "loop_if.onnx"), [ScaleWeight(weight="w8")]).report
+    assert not any("mirrored" in w for w in report.warnings)
