@@ -39,6 +39,13 @@ SHAPES = {"silero_vad_op18_ifless.onnx": {"input": [1, 512]}}
 RUNNER = r"""
 import json, resource, sys
 tool, src, dst, shapes = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+if tool == "ours baseline":  # its own passes too (the installed package maps onnxslim.passes to ours)
+    import importlib.util, os
+    import onnxslim
+    where = os.path.join(os.getcwd(), "passes")
+    spec = importlib.util.spec_from_file_location("onnxslim.passes", os.path.join(where, "__init__.py"), submodule_search_locations=[where])
+    sys.modules["onnxslim.passes"] = module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
 if tool.startswith("ours"):
     from onnxslim.cli import main
     args = [src, dst, "--quiet"] + [a for k, v in shapes.items() for a in ("--input-shape", k + "=" + "x".join(map(str, v)))]
