@@ -376,8 +376,7 @@ class _Gram:
         c = self.c[list(parts)].sum(axis=0)
         rows = self.fit_rows if list(parts) == [0] else self.rows
         diag = np.diag(g)[: len(g) - free]
-        lam = DAMP * float(diag.mean()) if len(diag) and diag.mean() > 0 else 1e-8
-        lam *= max(1.0, MIN_ROWS_PER_UNKNOWN * len(g) / max(rows, 1))
+        lam = damping(float(diag.mean()) if len(diag) else 0.0, len(g), rows)
         g = g.copy()
         idx = np.arange(len(g) - free)
         g[idx, idx] += lam
@@ -387,6 +386,84 @@ class _Gram:
             return scipy.linalg.solve(g, c, assume_a="pos")
         except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
             return np.linalg.lstsq(g, c, rcond=None)[0]
+
+
+def damping(diag_mean: float, width: int, rows: int) -> float:
+    """The ridge λ: DAMP × the mean diagonal of XᵀX, grown when there are fewer than
+    MIN_ROWS_PER_UNKNOWN rows per unknown (``width`` unknowns per output)."""
+    lam = DAMP * diag_mean if diag_mean > 0 else 1e-8
+    return lam * max(1.0, MIN_ROWS_PER_UNKNOWN * width / max(rows, 1))
+
+
+class _Rows:
+    """The fitted and held-out rows themselves, for layers with fewer rows than unknowns.
+
+    There the D×D normal equations cost D³/3 per solve and R·D² to build (D up to 4608 for a
+    3×3 Conv of 512 channels, R a few hundred output positions of a deep layer); the same ridge
+    solution comes from the R×R dual system (Woodbury), ``W = W₀ + X_cᵀ(X_cX_cᵀ + λI)⁻¹(Y_c −
+    X_cW₀)``, where the undamped intercept is eliminated by centering (``_c``: minus the column
+    means over the rows used). Same interface and same λ as :class:`_Gram`.
+    """
+
+    def __init__(self, width: int, outputs: int):
+        self.width = width
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.rows = 0
+        self.fit_rows = 0
+        self._x = self._y = self._held = self._kernel = None
+        self.yy = np.zeros(2)
+
+    def add(self, x: np.ndarray, y: np.ndarray, held: np.ndarray) -> None:
+        self.parts.append((np.asarray(x, np.float32), np.asarray(y, np.float32), held))
+        self.rows += len(x)
+        self.fit_rows += int((~held).sum())
+        for part, mask in ((0, ~held), (1, held)):
+            self.yy[part] += float(np.sum(np.square(y[mask], dtype=np.float64)))
+
+    def _stack(self) -> None:
+        if self._x is None:
+            self._x = np.concatenate([p[0] for p in self.parts]).astype(np.float64)
+            self._y = np.concatenate([p[1] for p in self.parts]).astype(np.float64)
+            self._held = np.concatenate([p[2] for p in self.parts])
+            self.parts = []
+            self._kernel = self._x @ self._x.T  # uncentered, all rows: each solve takes its block
+
+    def _mask(self, parts: Sequence[int]) -> np.ndarray:
+        self._stack()
+        return np.ones(self.rows, bool) if list(parts) == [0, 1] else (self._held if list(parts) == [1] else ~self._held)
+
+    def error(self, w: np.ndarray, part: int) -> float:
+        """‖X·W − Y‖ / ‖Y‖ over the part's rows."""
+        if self.yy[part] <= 0:
+            return 0.0
+        mask = self._mask([part])
+        residual = self._x[mask] @ w - self._y[mask]
+        return float(np.sqrt(np.sum(residual * residual) / self.yy[part]))
+
+    def solve(self, parts: Sequence[int], prior: np.ndarray, free: int = 0) -> np.ndarray:
+        mask = self._mask(parts)
+        x, y = self._x[mask], self._y[mask]
+        d = x.shape[1] - free
+        lam = damping(float(np.sum(x[:, :d] ** 2)) / max(d, 1), x.shape[1], len(x))
+        k = self._kernel[np.ix_(mask, mask)]
+        if free:  # the intercept column (ones) is free: center rows and eliminate it
+            x_mean, y_mean = x[:, :d].mean(axis=0), y.mean(axis=0)
+            m = x[:, :d] @ x_mean
+            # the kernel of the damped columns only, centered: (x−x̄)(x−x̄)ᵀ
+            k = k - free - m[:, None] - m[None, :] + x_mean @ x_mean
+            xc, yc = x[:, :d] - x_mean, y - y_mean
+        else:
+            xc, yc = x, y
+        k = k.copy()
+        k[np.diag_indices_from(k)] += lam
+        try:
+            alpha = scipy.linalg.cho_solve(scipy.linalg.cho_factor(k, lower=True), yc - xc @ prior[:d])
+        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+            alpha = np.linalg.lstsq(k, yc - xc @ prior[:d], rcond=None)[0]
+        w = prior[:d] + xc.T @ alpha
+        if not free:
+            return w
+        return np.concatenate([w, (y_mean - x_mean @ w)[None, :]])
 
 
 # --------------------------------------------------------------------------- the hook
@@ -487,7 +564,7 @@ class Reconstructor:
         waves = _waves(model, targets)
         report["waves"] = len(set(waves.values()))
         order = sorted(targets, key=lambda t: waves[id(t)])
-        grams: dict[int, _Gram] = {}
+        grams: dict[int, _Gram | _Rows] = {}
         current = None
         for t in ctx.progress(order, "refitting layers", total=len(order)):
             if waves[id(t)] != current:
@@ -498,7 +575,7 @@ class Reconstructor:
         report["summary"] = _summary(report)
         return report
 
-    def _accumulate(self, model: ir.Model, wave: list[_Target], ctx: PassContext) -> dict[int, _Gram]:
+    def _accumulate(self, model: ir.Model, wave: list[_Target], ctx: PassContext) -> dict[int, _Gram | _Rows]:
         """One calibration run over the pruned model: Gram statistics of the wave's layers."""
         grams: dict[int, _Gram] = {}
         n_samples = len(ctx.calibration)
@@ -509,19 +586,20 @@ class Reconstructor:
                 free = self._fits_bias(t.layer)
                 if id(t) not in grams:
                     width = t.layer.weight.shape[t.layer.in_axis] * t.layer.unit + free
-                    grams[id(t)] = _Gram(width, y.shape[1])
+                    # fewer rows than unknowns: keep the rows, solve the small dual system
+                    grams[id(t)] = (_Rows if sum(map(len, t.rows)) < width else _Gram)(width, y.shape[1])
                 gram = grams[id(t)]
                 for start in range(0, len(rows), CHUNK_ROWS):
-                    xs = t.layer.unfold(x, rows[start : start + CHUNK_ROWS]).astype(np.float64)
+                    xs = np.asarray(t.layer.unfold(x, rows[start : start + CHUNK_ROWS]), np.float32)
                     if free:
-                        xs = np.concatenate([xs, np.ones((len(xs), 1))], axis=1)
+                        xs = np.concatenate([xs, np.ones((len(xs), 1), np.float32)], axis=1)
                     gram.add(xs, y[start : start + CHUNK_ROWS], _held_out(i, n_samples, gram.rows, len(xs)))
         return grams
 
     def _fits_bias(self, layer: LinearLayer) -> int:
         return int(self.fit_bias and layer.can_fit_bias)
 
-    def _refit_one(self, model: ir.Model, t: _Target, gram: _Gram) -> dict:
+    def _refit_one(self, model: ir.Model, t: _Target, gram: _Gram | _Rows) -> dict:
         layer = t.layer
         w_old = layer.weight.numpy()
         before = layer.matrix(w_old.astype(np.float64))
