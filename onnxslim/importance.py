@@ -49,7 +49,7 @@ import scipy.linalg.lapack
 
 from .channels import Activation, ChannelGroup
 from .pass_api import PassContext
-from .reconstruct import LinearLayer, consumer_layers, iter_capture, pick_rows, row_quota
+from .reconstruct import LinearLayer, consumer_layers, iter_capture, one_blas_thread, pick_rows, row_quota
 
 #: Hessian damping relative to its mean diagonal (SparseGPT uses 1%).
 DAMP = 1e-2
@@ -315,6 +315,7 @@ def _blocks(units: np.ndarray, slots: np.ndarray) -> list[tuple[np.ndarray, np.n
     return out
 
 
+@one_blas_thread
 def prepare_obs(groups: Sequence[ChannelGroup], ctx: PassContext, model: ir.Model) -> None:
     """OBS saliency per slot for every group; consumer inputs captured in as few calibration
     runs as the Hessian memory budget allows (one for most models)."""

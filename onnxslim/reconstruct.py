@@ -21,7 +21,8 @@ supports, instead of memorising the samples — so no layer is skipped for lack 
   contribution is put back into the bias (a bias input is added where the layer had none).
 
 Layers are refit in *waves*: a layer waits for every refit layer upstream of it, so its ``X_p``
-already carries their corrections (one onnxruntime run per wave; a chain of N layers is N runs).
+already carries their corrections (one onnxruntime run per wave; a chain of N layers is N runs,
+each over the part of the graph since the previous wave: ``Calibration.staged``).
 
 Rows (output positions: N·H·W for Conv, all leading dims for Gemm/MatMul) are subsampled per
 layer to ``clip(4·D, MIN_ROWS, MAX_ROWS)`` (D = unfolded input width: 4096..16384 rows), spread
@@ -43,11 +44,13 @@ arbitrary new values.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 import scipy.linalg
+import threadpoolctl
 
 from . import shapes
 from .channels import ChannelGroup
@@ -188,21 +191,19 @@ class LinearLayer:
         """Input rows [R, D] (im2col at the chosen output positions for Conv)."""
         if self.kind != "conv":
             return x.reshape(-1, x.shape[-1])[rows]
-        n, c, spatial = x.shape[0], x.shape[1], x.shape[2:]
+        n, spatial = x.shape[0], x.shape[2:]
         begin, end = self._pads(spatial)
         out = self.out_spatial(spatial)
         if any(b or e for b, e in zip(begin, end)):
             x = np.pad(x, [(0, 0), (0, 0), *zip(begin, end)])
         nd = len(spatial)
+        # every receptive field as a strided view [N, C, *out, *kernel]; one gather of the rows
+        span = [d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilations)]
+        view = np.lib.stride_tricks.sliding_window_view(x, span, axis=tuple(range(2, 2 + nd)))
+        view = view[(slice(None), slice(None), *(slice(0, (o - 1) * s + 1, s) for o, s in zip(out, self.strides)),
+                     *(slice(None, None, d) for d in self.dilations))]
         where = np.unravel_index(rows, (n, *out))
-        lead = (-1,) + (1,) * (1 + nd)
-        index = [where[0].reshape(lead), np.arange(c).reshape((1, -1) + (1,) * nd)]
-        for d in range(nd):
-            shape = [1] * (2 + nd)
-            shape[2 + d] = self.kernel[d]
-            taps = (np.arange(self.kernel[d]) * self.dilations[d]).reshape(shape)
-            index.append((where[1 + d] * self.strides[d]).reshape(lead) + taps)
-        return x[tuple(index)].reshape(len(rows), -1)
+        return view[(where[0], slice(None), *where[1:])].reshape(len(rows), -1)
 
     def n_out_rows(self, y_shape: Sequence[int]) -> int:
         if self.kind == "conv":
@@ -299,6 +300,20 @@ def editable(layer: LinearLayer) -> str | None:
     if layer.bias is not None and (len(layer.bias.users) != 1 or not layer.bias.can_replace):
         return "bias shared with other nodes"
     return None
+
+
+def one_blas_thread(fn):
+    """Run ``fn`` with one BLAS thread: calibration statistics are many mid-sized products and
+    solves between onnxruntime runs, where OpenBLAS's worker threads mostly spin-wait (obs +
+    reconstruction on the ResNet fixture: 9.5 CPU-s with two threads, 2.0 with one, same wall
+    time on a loaded two-core machine)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with threadpoolctl.threadpool_limits(1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
 
 
 def row_quota(width: int) -> int:
@@ -519,6 +534,7 @@ class Reconstructor:
     def __init__(self, fit_bias: bool = True):
         self.fit_bias = fit_bias
 
+    @one_blas_thread
     def capture(self, model: ir.Model, plan: Mapping[ChannelGroup, np.ndarray], ctx: PassContext) -> _State:
         """Record each consumer layer's original output (pre-bias, kept channels, sampled rows)."""
         changed = [g for g, keep in plan.items() if len(keep) < g.size]
@@ -548,6 +564,7 @@ class Reconstructor:
                 t.y.append(out[:, t.kept_out].astype(np.float32))  # float32: held for every layer at once
         return _State(targets, skipped)
 
+    @one_blas_thread
     def refit(self, model: ir.Model, state: _State, ctx: PassContext) -> dict:
         """Refit every captured layer on the pruned model; per-layer errors for the report."""
         report: dict = {"layers": [], "skipped": list(state.skipped), "waves": 0}
@@ -566,20 +583,23 @@ class Reconstructor:
         order = sorted(targets, key=lambda t: waves[id(t)])
         grams: dict[int, _Gram | _Rows] = {}
         current = None
+        staged = ctx.calibration.staged(model)  # each wave runs only the graph since the last one
         for t in ctx.progress(order, "refitting layers", total=len(order)):
             if waves[id(t)] != current:
                 current = waves[id(t)]
                 wave = [u for u in order if waves[id(u)] == current]
-                grams = self._accumulate(model, wave, ctx)
+                changing = [u.layer.node for u in order if waves[id(u)] >= current]
+                grams = self._accumulate(staged.iter_capture([u.layer.input for u in wave], changing), wave, ctx)
             report["layers"].append(self._refit_one(model, t, grams[id(t)]))
         report["summary"] = _summary(report)
         return report
 
-    def _accumulate(self, model: ir.Model, wave: list[_Target], ctx: PassContext) -> dict[int, _Gram | _Rows]:
-        """One calibration run over the pruned model: Gram statistics of the wave's layers."""
-        grams: dict[int, _Gram] = {}
+    def _accumulate(self, captures: Iterator[dict[str, np.ndarray]], wave: list[_Target], ctx: PassContext) -> dict[int, _Gram | _Rows]:
+        """One calibration run over the pruned model (``captures``: the wave's layer inputs per
+        sample): Gram statistics of the wave's layers."""
+        grams: dict[int, _Gram | _Rows] = {}
         n_samples = len(ctx.calibration)
-        for i, captured in enumerate(iter_capture(ctx, model, [t.layer.input for t in wave])):
+        for i, captured in enumerate(captures):
             for t in wave:
                 x = captured[t.layer.input.name]
                 rows, y = t.rows[i], t.y[i]
