@@ -425,7 +425,7 @@ class _Rows:
         self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.rows = 0
         self.fit_rows = 0
-        self._x = self._y = self._held = self._kernel = None
+        self._x = self._x32 = self._y = self._held = self._kernel = None
         self.yy = np.zeros(2)
 
     def add(self, x: np.ndarray, y: np.ndarray, held: np.ndarray) -> None:
@@ -437,7 +437,8 @@ class _Rows:
 
     def _stack(self) -> None:
         if self._x is None:
-            self._x = np.concatenate([p[0] for p in self.parts]).astype(np.float64)
+            self._x32 = np.concatenate([p[0] for p in self.parts])
+            self._x = self._x32.astype(np.float64)
             self._y = np.concatenate([p[1] for p in self.parts]).astype(np.float64)
             self._held = np.concatenate([p[2] for p in self.parts])
             self.parts = []
@@ -452,8 +453,9 @@ class _Rows:
         if self.yy[part] <= 0:
             return 0.0
         mask = self._mask([part])
-        residual = self._x[mask] @ w - self._y[mask]
-        return float(np.sqrt(np.sum(residual * residual) / self.yy[part]))
+        # float32 product: a relative error of ~1e-6 only decides whether a refit is written
+        residual = self._x32[mask] @ w.astype(np.float32) - self._y[mask]
+        return float(np.sqrt(np.sum(residual * residual, dtype=np.float64) / self.yy[part]))
 
     def solve(self, parts: Sequence[int], prior: np.ndarray, free: int = 0) -> np.ndarray:
         mask = self._mask(parts)
@@ -557,11 +559,12 @@ class Reconstructor:
                 y = captured[t.layer.output.name]
                 rng = np.random.default_rng([ctx.seed, k, i])
                 rows = pick_rows(t.layer.n_out_rows(y.shape), -(-t.quota // n_samples), rng)
-                out = t.layer.out_rows(y, rows).astype(np.float64)
+                out = t.layer.out_rows(y, rows)[:, t.kept_out].astype(np.float32)  # float32: held for every layer at once
                 if t.layer.bias is not None and t.layer.bias_in_output:
-                    out = out - t.layer.beta * t.layer.bias.numpy().astype(np.float64).reshape(-1)
+                    bias = t.layer.beta * t.layer.bias.numpy().astype(np.float64).reshape(-1)
+                    out -= (bias if bias.size == 1 else bias[t.kept_out]).astype(np.float32)
                 t.rows.append(rows)
-                t.y.append(out[:, t.kept_out].astype(np.float32))  # float32: held for every layer at once
+                t.y.append(out)
         return _State(targets, skipped)
 
     @one_blas_thread
