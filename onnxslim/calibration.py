@@ -15,6 +15,7 @@ import onnx
 import onnx_ir as ir
 
 from . import model_io, runtime, shapes
+from .errors import ModelError
 from .inputs import Sample
 
 
@@ -138,8 +139,9 @@ class StagedCapture:
             new_cut = min((self.index[id(n)] for n in changing), default=len(self.order))
             if new_cut >= self.cut:
                 segment = self._segment(values, new_cut)
-                if segment is not None:
-                    yield from self._run_segment(values, new_cut, *segment)
+                opened = self._open(segment) if segment is not None else None
+                if opened is not None:
+                    yield from self._run_segment(values, new_cut, opened, *segment[3:])
                     return
         self.staged = False  # from here on, whole-model runs
         yield from self._whole(values)
@@ -194,13 +196,27 @@ class StagedCapture:
                 out[id(value)] = value
         return list(out.values())
 
-    def _run_segment(self, values, new_cut, nodes, weights, inputs, outputs, crossing) -> Iterator[dict[str, np.ndarray]]:
+    def _open(self, segment):
+        """(an exit stack, the segment's session or None when nothing is computed), or None when
+        onnxruntime refuses the sub-model (whole-model runs take over)."""
+        nodes, weights, inputs, outputs, _ = segment
+        stack = contextlib.ExitStack()
+        if not outputs:
+            return stack, None
+        try:
+            sess = stack.enter_context(runtime.session(self._proto(nodes, weights, inputs, outputs), "basic", spinning=False))
+        except ModelError:
+            stack.close()
+            return None
+        return stack, sess
+
+    def _run_segment(self, values, new_cut, opened, outputs, crossing) -> Iterator[dict[str, np.ndarray]]:
         frontier_bytes = 0
         names = [v.name for v in outputs]
-        proto = self._proto(nodes, weights, inputs, outputs) if names else None
-        with runtime.session(proto, "basic", spinning=False) if names else contextlib.nullcontext() as sess:
+        stack, sess = opened
+        with stack:
             for i, kept in enumerate(self.frontier):
-                out = runtime.run(sess, kept, names) if names else {}
+                out = runtime.run(sess, kept, names) if sess is not None else {}
                 available = {**kept, **out}
                 self.frontier[i] = {v.name: available[v.name] for v in crossing}
                 frontier_bytes += sum(np.asarray(a).nbytes for a in self.frontier[i].values())
@@ -213,7 +229,10 @@ class StagedCapture:
         graph = onnx.GraphProto(name="segment")
         graph.node.extend(ir.serde.serialize_node(n) for n in nodes)
         for value in weights:
-            tensor = ir.serde.serialize_tensor(value.const_value)
+            data = value.const_value
+            if isinstance(data, ir.ExternalTensor):  # (a reference to the file would be read by onnxruntime)
+                data = ir.Tensor(data.numpy(), dtype=data.dtype)
+            tensor = ir.serde.serialize_tensor(data)
             tensor.name = value.name
             graph.initializer.append(tensor)
         sample = self.frontier[0]

@@ -96,3 +96,38 @@ def test_reconstruction_through_staged_captures_matches_whole_model_runs(monkeyp
     assert results[0].keys() == results[1].keys()
     for name in results[0]:
         np.testing.assert_allclose(results[0][name], results[1][name], rtol=1e-4, atol=1e-5, err_msg=name)
+
+
+def test_weights_in_external_data_are_embedded_in_segments(tmp_path):
+    """A model loaded lazily from external data: segments carry the weights' values (a reference to the
+    data file would be refused by onnxruntime, and the capture would fall back to whole-model runs)."""
+    proto = fx.resnet()
+    fx.save_with_external_data(proto, tmp_path / "m.onnx")
+    model = model_io.load(tmp_path / "m.onnx")
+    samples = [fx.random_inputs(proto, seed=i) for i in range(2)]
+    staged = Calibration(samples).staged(model)
+    layer = convs(model)[-1]
+    got = list(staged.iter_capture([layer.inputs[0]], changing=[layer]))
+    assert staged.staged
+    for g, e in zip(got, whole(model, samples, [layer.inputs[0]])):
+        np.testing.assert_allclose(g[layer.inputs[0].name], e[layer.inputs[0].name], rtol=1e-5, atol=1e-6)
+
+
+def test_a_segment_onnxruntime_refuses_falls_back_to_whole_model_runs(monkeypatch):
+    proto = fx.resnet()
+    model = model_io.load(proto)
+    samples = [fx.random_inputs(proto, seed=i) for i in range(2)]
+    original = runtime.session
+
+    def refusing(source, *args, **kwargs):
+        if getattr(getattr(source, "graph", None), "name", None) == "segment":
+            raise runtime.ModelError("refused")
+        return original(source, *args, **kwargs)
+
+    monkeypatch.setattr(runtime, "session", refusing)
+    staged = Calibration(samples).staged(model)
+    layer = convs(model)[3]
+    got = list(staged.iter_capture([layer.inputs[0]], changing=[layer]))
+    assert not staged.staged
+    for g, e in zip(got, whole(model, samples, [layer.inputs[0]])):
+        np.testing.assert_allclose(g[layer.inputs[0].name], e[layer.inputs[0].name])
