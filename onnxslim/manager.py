@@ -200,6 +200,7 @@ def optimize(
             except UsageError:
                 shape_map = {}
         calib = Calibration(calib_samples) if calib_samples is not None else None
+    model_io.release_memory(current)  # each phase maps again only what it reads
     report = Report(str(source) if source else None, None, validated=validate)
     report.warnings.extend(str(w.message) for w in caught)
     for message in report.warnings:
@@ -265,6 +266,8 @@ def optimize(
                 raise PassFailedError(f"pass {p.name!r} {row.status}: {row.reason}")
         if row.status == APPLIED:
             row.stats = stats.compute(current, shape_map, first)
+        del snapshot, result  # the rollback copy's own weights (a pass's new arrays) go now
+        model_io.release_memory(current)
         report.passes.append(row)
         console.done(row)
 
@@ -273,6 +276,7 @@ def optimize(
         report.latency = _latency(original, current, first)
     if final_check:
         report.final_checks = _final_checks(current)
+        model_io.release_memory(current)
         if any(v != "ok" for v in report.final_checks.values()) and not isinstance(model, ir.Model):
             # Only a check the input model passes is this run's fault: look at a fresh copy.
             report.input_checks = _final_checks(model_io.load_document(model).model)
@@ -428,8 +432,7 @@ def _final_checks(model: ir.Model) -> dict[str, Any]:
     except Exception as exc:
         checks["onnx_checker"] = f"failed: {_first_line(exc)}"
     try:
-        with runtime.session(model, "default"):
-            pass
+        runtime.check_loads(model, "default")
         checks["onnxruntime_default_level"] = "ok"
     except ModelError as exc:
         checks["onnxruntime_default_level"] = f"failed: {exc}"

@@ -12,7 +12,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from . import model_io, shapes
+from . import model_io, shapes, sparse_codec
 from .constants import weight_bytes
 from .errors import ModelError
 
@@ -80,6 +80,58 @@ def session(
     finally:
         for value in added:
             model.graph.outputs.remove(value)
+        if added:
+            shapes.forget_removed_io(model.graph)
+
+
+#: Dense bytes of the CSR decodes loaded together by :func:`check_loads`.
+_DECODE_GROUP_BYTES = 32 * 2**20
+
+
+def check_loads(model: ir.Model, level: str = "default") -> None:
+    """Raise :class:`ModelError` unless onnxruntime loads ``model`` at ``level``.
+
+    onnxruntime folds every CSR decode (:mod:`sparse_codec`) at load, all of them in one pass:
+    on a BERT-base-shaped model at 90% sparsity that peaked at 2.7x the dense weights. Above
+    :data:`_IN_MEMORY_LIMIT_BYTES` the main graph's decodes are therefore loaded at ``level``
+    in groups of :data:`_DECODE_GROUP_BYTES` (folded by onnxruntime as usual), and the model is
+    then loaded with the tensors they fold to as its (shared) initializers: the graph
+    onnxruntime's folding leaves, at the memory of the dense weights.
+    """
+    decodes = [d for d in sparse_codec.find_decodes(model) if d.graph is model.graph]
+    if not decodes or weight_bytes(model) <= _IN_MEMORY_LIMIT_BYTES:
+        with session(model, level):
+            return
+    dense = model.clone()  # tensors shared; its decodes are replaced, the model's are not
+    wanted = {d.output.name for d in decodes}
+    replace = {d.output.name: d for d in sparse_codec.find_decodes(dense) if d.graph is dense.graph and d.output.name in wanted}
+    group: list[str] = []
+    group_bytes = 0
+    for decode in decodes:
+        parts = decode.parts()
+        group.append(decode.output.name)
+        group_bytes += int(np.prod(parts.shape, dtype=np.int64)) * parts.values.dtype.itemsize
+        if group_bytes >= _DECODE_GROUP_BYTES or decode is decodes[-1]:
+            for name, array in _folded(model, group, level).items():
+                sparse_codec.replace_with_dense(replace[name], array)
+            group, group_bytes = [], 0
+            model_io.trim_heap()  # the fold's transients, between the arrays kept
+    with session(dense, level):
+        pass
+
+
+def _folded(model: ir.Model, names: Sequence[str], level: str) -> dict[str, np.ndarray]:
+    """Load only the decodes producing ``names`` at ``level``; the tensors onnxruntime makes of them."""
+    alone = model.clone()
+    graph = alone.graph
+    graph.outputs.clear()
+    graph.outputs.extend(v for node in graph for v in node.outputs if v.name in names)
+    from onnx_ir.passes import common
+
+    common.RemoveUnusedNodesPass()(alone)  # the rest of the model (and the weights only it reads)
+    graph.inputs.clear()  # decodes read initializers only
+    with session(alone, level) as sess:
+        return run(sess, {})
 
 
 def _options(level: str, threads: int) -> ort.SessionOptions:
