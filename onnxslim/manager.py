@@ -225,6 +225,7 @@ def optimize(
         calibration=calib, progress=console.progress, seed=seed, input_shapes=shape_map,
         validation=feeds, reference=reference, budget=budget, sample=first,
     )
+    model_io.release_memory(current)  # what the statistics read
     for index, p in enumerate(pipeline, 1):
         console.step(f"[{index}/{len(pipeline)}] {p.name}")
         row = PassReport(p.name, p.lossless, NO_CHANGE, options=dataclasses.asdict(p.options))

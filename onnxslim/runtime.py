@@ -219,4 +219,15 @@ def run(sess: ort.InferenceSession, feeds: Feeds, names: Sequence[str] | None = 
         values = sess.run(outputs, {k: v for k, v in feeds.items() if k in wanted})
     except Exception as exc:
         raise ModelError(f"onnxruntime failed to run the model: {_first_line(exc)}") from exc
-    return dict(zip(outputs, values))
+    return dict(zip(outputs, map(_owned, values)))
+
+
+def _owned(value):
+    """A copy of an output that wraps onnxruntime's buffer: the wrapper keeps the session's
+    whole memory arena alive (kept reference outputs held a freed session's activations;
+    folded weights kept this way cost 1.3x their size)."""
+    if isinstance(value, np.ndarray) and not value.flags.owndata and type(value.base).__name__ == "PyCapsule":
+        return value.copy()
+    if isinstance(value, list):
+        return [_owned(v) for v in value]
+    return value
