@@ -28,7 +28,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from . import wire
-from .constants import SPARSE_FORMAT_KEY, all_graphs, release_mapping
+from .constants import SPARSE_FORMAT_KEY, all_graphs, release_mapping, weight_bytes
 from .errors import ModelError, UsageError, did_you_mean
 
 #: onnxruntime 1.31 refuses IR version 14 (onnx 1.23's default); never write more than this.
@@ -222,6 +222,11 @@ class _MappedRange(ir.ExternalTensor):
         self._array = np.frombuffer(self.raw, dtype=dtype, offset=start - aligned, count=self.size).reshape(self.shape.numpy())
 
 
+#: Below this many weight bytes :func:`release_memory` does nothing: the fixed floor (interpreter,
+#: libraries: ~100 MB) dominates, and a full garbage collection costs ~25 ms of CPU.
+RELEASE_ABOVE_BYTES = 64 * 2**20
+
+
 def release_memory(model: ir.Model) -> None:
     """Between phases: free unreachable graphs, unmap the external tensors nothing holds a view
     of (they map again when next read) and hand the C heap's free pages back to the system.
@@ -231,6 +236,8 @@ def release_memory(model: ir.Model) -> None:
     free pages stay resident: after ``unstructured`` freed its rollback copy of a BERT-base's
     weights, 340 MB of free heap was still counted.
     """
+    if weight_bytes(model) < RELEASE_ABOVE_BYTES:
+        return
     gc.collect()  # graphs are cyclic (values <-> nodes): a dropped rollback copy is freed here
     for graph in all_graphs(model):
         for value in graph.initializers.values():

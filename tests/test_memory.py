@@ -68,7 +68,8 @@ def test_inline_file_weights_are_lazy_ranges_too(tmp_path):
     assert len(tensor.raw) < path.stat().st_size
 
 
-def test_release_memory_unmaps_weights_that_read_again_and_spares_live_views(tmp_path):
+def test_release_memory_unmaps_weights_that_read_again_and_spares_live_views(tmp_path, monkeypatch):
+    monkeypatch.setattr(model_io, "RELEASE_ABOVE_BYTES", 0)
     path, _ = _external(tmp_path, _matmul_chain())
     model = model_io.load(path)
     w0, w1 = (model.graph.initializers[n].const_value for n in ("w0", "w1"))
@@ -91,7 +92,17 @@ def test_replacing_a_weight_unmaps_the_old_one_which_stays_readable_for_rollback
     np.testing.assert_array_equal(snapshot.graph.initializers["w0"].const_value.numpy(), before)
 
 
-def test_unstructured_rolled_back_after_unmapping_restores_the_original_weights(tmp_path):
+def test_release_memory_leaves_small_models_alone(tmp_path):
+    path, _ = _external(tmp_path, _matmul_chain())
+    model = model_io.load(path)
+    tensor = model.graph.initializers["w0"].const_value
+    tensor.numpy()
+    model_io.release_memory(model)  # the fixed floor dominates: no collection, no unmapping
+    assert tensor.raw is not None
+
+
+def test_unstructured_rolled_back_after_unmapping_restores_the_original_weights(tmp_path, monkeypatch):
+    monkeypatch.setattr(model_io, "RELEASE_ABOVE_BYTES", 0)
     proto = _matmul_chain()
     path, _ = _external(tmp_path, proto)
     result = optimize(path, "unstructured:sparsity=0.9", min_cosine=0.9999)
