@@ -99,7 +99,8 @@ def check_loads(model: ir.Model, level: str = "default") -> None:
     onnxruntime's folding leaves, at the memory of the dense weights.
     """
     decodes = [d for d in sparse_codec.find_decodes(model) if d.graph is model.graph]
-    if not decodes or weight_bytes(model) <= _IN_MEMORY_LIMIT_BYTES:
+    sizes = _dense_bytes(decodes) if decodes and weight_bytes(model) > _IN_MEMORY_LIMIT_BYTES else None
+    if sizes is None:
         with session(model, level):
             return
     dense = model.clone()  # tensors shared; its decodes are replaced, the model's are not
@@ -107,10 +108,9 @@ def check_loads(model: ir.Model, level: str = "default") -> None:
     replace = {d.output.name: d for d in sparse_codec.find_decodes(dense) if d.graph is dense.graph and d.output.name in wanted}
     group: list[str] = []
     group_bytes = 0
-    for decode in decodes:
-        parts = decode.parts()
+    for decode, size in zip(decodes, sizes):
         group.append(decode.output.name)
-        group_bytes += int(np.prod(parts.shape, dtype=np.int64)) * parts.values.dtype.itemsize
+        group_bytes += size
         if group_bytes >= _DECODE_GROUP_BYTES or decode is decodes[-1]:
             for name, array in _folded(model, group, level).items():
                 sparse_codec.replace_with_dense(replace[name], array)
@@ -118,6 +118,16 @@ def check_loads(model: ir.Model, level: str = "default") -> None:
             model_io.trim_heap()  # the fold's transients, between the arrays kept
     with session(dense, level):
         pass
+
+
+def _dense_bytes(decodes: Sequence[sparse_codec.Decode]) -> list[int] | None:
+    """Bytes of each decode's dense tensor; None if one does not read constants only (edited by
+    another tool): such a model is loaded whole."""
+    try:
+        parts = [d.parts() for d in decodes]
+    except (ValueError, KeyError):
+        return None
+    return [int(np.prod(p.shape, dtype=np.int64)) * p.values.dtype.itemsize for p in parts]
 
 
 def _folded(model: ir.Model, names: Sequence[str], level: str) -> dict[str, np.ndarray]:

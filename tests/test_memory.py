@@ -211,3 +211,16 @@ def test_inline_save_writes_weights_from_their_buffers_byte_for_byte(tmp_path):
         for name, array in arrays.items():
             got = numpy_helper.to_array(loaded[name])
             assert got.tobytes() == array.tobytes(), (file.name, name)
+
+
+def test_final_check_loads_a_model_whole_when_a_decode_reads_more_than_constants(monkeypatch):
+    model = _sparse_bert()
+    decode = next(d for d in sparse_codec.find_decodes(model) if d.graph is model.graph)
+    scatter = next(n for n in decode.nodes if n.metadata_props[sparse_codec.ROLE_KEY] == "scatter")
+    values = scatter.inputs[2]
+    fed = ir.Value(name="fed_values", type=values.type, shape=ir.Shape(values.const_value.shape))
+    model.graph.inputs.append(fed)
+    scatter.replace_input_with(2, fed)
+    monkeypatch.setattr(runtime, "_IN_MEMORY_LIMIT_BYTES", 0)
+    monkeypatch.setattr(runtime, "_folded", lambda *a: pytest.fail("grouped path taken"))
+    runtime.check_loads(model, "default")
