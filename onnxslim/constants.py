@@ -10,6 +10,7 @@ caring where the tensor lives.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
@@ -31,9 +32,20 @@ def set_tensor(value: ir.Value, tensor: ir.TensorProtocol | np.ndarray) -> None:
     """
     if isinstance(tensor, np.ndarray):
         tensor = ir.Tensor(np.ascontiguousarray(tensor), name=value.name)
+    old = value.const_value
     value.const_value = tensor
     value.dtype = tensor.dtype
     value.shape = ir.Shape(tensor.shape)
+    if isinstance(old, ir.ExternalTensor) and old is not tensor:
+        release_mapping(old)
+
+
+def release_mapping(tensor: ir.ExternalTensor) -> None:
+    """Unmap an external tensor's file bytes unless a view of them is alive; it maps again when
+    read (a rollback copy may still hold it). Resident mapped pages count in RSS until then."""
+    if tensor.raw is not None:
+        with contextlib.suppress(BufferError):
+            tensor.release()
 
 
 def tensor_to_numpy(tensor: ir.TensorProtocol) -> np.ndarray:

@@ -205,6 +205,7 @@ def optimize(
             except UsageError:
                 shape_map = {}
         calib = Calibration(calib_samples) if calib_samples is not None else None
+    model_io.release_memory(current)  # each phase maps again only what it reads
     report = Report(str(source) if source else None, None, validated=validate)
     report.warnings.extend(str(w.message) for w in caught)
     for message in report.warnings:
@@ -231,6 +232,7 @@ def optimize(
         calibration=calib, progress=console.progress, seed=seed, input_shapes=shape_map,
         validation=feeds, reference=reference, budget=budget, sample=first,
     )
+    model_io.release_memory(current)  # what the statistics read
     for index, p in enumerate(pipeline, 1):
         console.step(f"[{index}/{len(pipeline)}] {p.name}")
         row = PassReport(p.name, p.lossless, NO_CHANGE, options=dataclasses.asdict(p.options))
@@ -278,6 +280,8 @@ def optimize(
             state.inferred = None  # a pass may annotate shapes without changing the graph
         if row.status == APPLIED:
             row.stats = stats.compute(current, shape_map, first, inferred=state.inferred, proto=_proto(state))
+        del snapshot, result  # the rollback copy's own weights (a pass's new arrays) go now
+        model_io.release_memory(current)
         report.passes.append(row)
         console.done(row)
 
@@ -286,6 +290,7 @@ def optimize(
         report.latency = _latency(original, current, first)
     if final_check:
         report.final_checks = _final_checks(current, state)
+        model_io.release_memory(current)
         if any(v != "ok" for v in report.final_checks.values()) and not isinstance(model, ir.Model):
             # Only a check the input model passes is this run's fault: look at a fresh copy.
             report.input_checks = _final_checks(model_io.load_document(model).model)
@@ -501,8 +506,11 @@ def _final_checks(model: ir.Model, known: _State | None = None) -> dict[str, Any
         except Exception as exc:
             checks["onnx_checker"] = f"failed: {_first_line(exc)}"
     try:
-        with runtime.session(model if known.session is None else known.session, "default"):
-            pass
+        if known.session is not None:  # the state's serialisation (a model held in memory)
+            with runtime.session(known.session, "default"):
+                pass
+        else:
+            runtime.check_loads(model, "default")
         checks["onnxruntime_default_level"] = "ok"
     except ModelError as exc:
         checks["onnxruntime_default_level"] = f"failed: {exc}"

@@ -12,7 +12,7 @@ import onnx
 import onnx_ir as ir
 import onnxruntime as ort
 
-from . import model_io, shapes
+from . import model_io, shapes, sparse_codec
 from .constants import all_graphs, weight_bytes
 from .errors import ModelError
 
@@ -88,6 +88,68 @@ def session(
     finally:
         for value in added:
             model.graph.outputs.remove(value)
+        if added:
+            shapes.forget_removed_io(model.graph)
+
+
+#: Dense bytes of the CSR decodes loaded together by :func:`check_loads`.
+_DECODE_GROUP_BYTES = 32 * 2**20
+
+
+def check_loads(model: ir.Model, level: str = "default") -> None:
+    """Raise :class:`ModelError` unless onnxruntime loads ``model`` at ``level``.
+
+    onnxruntime folds every CSR decode (:mod:`sparse_codec`) at load, all of them in one pass:
+    on a BERT-base-shaped model at 90% sparsity that peaked at 2.7x the dense weights. Above
+    :data:`_IN_MEMORY_LIMIT_BYTES` the main graph's decodes are therefore loaded at ``level``
+    in groups of :data:`_DECODE_GROUP_BYTES` (folded by onnxruntime as usual), and the model is
+    then loaded with the tensors they fold to as its (shared) initializers: the graph
+    onnxruntime's folding leaves, at the memory of the dense weights.
+    """
+    decodes = [d for d in sparse_codec.find_decodes(model) if d.graph is model.graph]
+    sizes = _dense_bytes(decodes) if decodes and weight_bytes(model) > _IN_MEMORY_LIMIT_BYTES else None
+    if sizes is None:
+        with session(model, level):
+            return
+    dense = model.clone()  # tensors shared; its decodes are replaced, the model's are not
+    wanted = {d.output.name for d in decodes}
+    replace = {d.output.name: d for d in sparse_codec.find_decodes(dense) if d.graph is dense.graph and d.output.name in wanted}
+    group: list[str] = []
+    group_bytes = 0
+    for decode, size in zip(decodes, sizes):
+        group.append(decode.output.name)
+        group_bytes += size
+        if group_bytes >= _DECODE_GROUP_BYTES or decode is decodes[-1]:
+            for name, array in _folded(model, group, level).items():
+                sparse_codec.replace_with_dense(replace[name], array)
+            group, group_bytes = [], 0
+            model_io.trim_heap()  # the fold's transients, between the arrays kept
+    with session(dense, level):
+        pass
+
+
+def _dense_bytes(decodes: Sequence[sparse_codec.Decode]) -> list[int] | None:
+    """Bytes of each decode's dense tensor; None if one does not read constants only (edited by
+    another tool): such a model is loaded whole."""
+    try:
+        parts = [d.parts() for d in decodes]
+    except (ValueError, KeyError):
+        return None
+    return [int(np.prod(p.shape, dtype=np.int64)) * p.values.dtype.itemsize for p in parts]
+
+
+def _folded(model: ir.Model, names: Sequence[str], level: str) -> dict[str, np.ndarray]:
+    """Load only the decodes producing ``names`` at ``level``; the tensors onnxruntime makes of them."""
+    alone = model.clone()
+    graph = alone.graph
+    graph.outputs.clear()
+    graph.outputs.extend(v for node in graph for v in node.outputs if v.name in names)
+    from onnx_ir.passes import common
+
+    common.RemoveUnusedNodesPass()(alone)  # the rest of the model (and the weights only it reads)
+    graph.inputs.clear()  # decodes read initializers only
+    with session(alone, level) as sess:
+        return run(sess, {})
 
 
 def loads_in_memory(model: ir.Model) -> bool:
@@ -191,4 +253,15 @@ def run(sess: ort.InferenceSession, feeds: Feeds, names: Sequence[str] | None = 
         values = sess.run(outputs, {k: v for k, v in feeds.items() if k in wanted})
     except Exception as exc:
         raise ModelError(f"onnxruntime failed to run the model: {_first_line(exc)}") from exc
-    return dict(zip(outputs, values))
+    return dict(zip(outputs, map(_owned, values)))
+
+
+def _owned(value):
+    """A copy of an output that wraps onnxruntime's buffer: the wrapper keeps the session's
+    whole memory arena alive (kept reference outputs held a freed session's activations;
+    folded weights kept this way cost 1.3x their size)."""
+    if isinstance(value, np.ndarray) and not value.flags.owndata and type(value.base).__name__ == "PyCapsule":
+        return value.copy()
+    if isinstance(value, list):
+        return [_owned(v) for v in value]
+    return value

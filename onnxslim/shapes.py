@@ -7,6 +7,7 @@ and raises :class:`ShapeInferenceError` when strict inference fails.
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Iterator, Mapping, Sequence
 
@@ -49,12 +50,26 @@ def skeleton(model: ir.Model) -> Iterator[onnx.ModelProto]:
         yield ir.serde.serialize_model(model)
     finally:
         graph.inputs[n_inputs:] = []
+        forget_removed_io(graph)
         for value in saved:
             value.const_value = tensors[id(value)]
         graph.initializers.clear()
         by_name = {v.name: v for v in saved}
         for name in order:
             graph.initializers.add(by_name[name])
+
+
+def forget_removed_io(graph: ir.Graph) -> None:
+    """Drop the values taken off ``graph``'s inputs or outputs from onnx-ir's reference counts.
+
+    onnx-ir (1.1) counts each graph input and output in a ``Counter`` and leaves a removed value
+    in it at zero: every weight :func:`skeleton` lent to the inputs stayed alive with the model
+    (on BERT-base, 340 MB of replaced weights after ``unstructured,sparsify``).
+    """
+    for io in (graph.inputs, graph.outputs):
+        counter = getattr(io, "_ref_counter", None)
+        if isinstance(counter, collections.Counter):
+            counter += collections.Counter()  # in place: keeps the positive counts only
 
 
 def infer(

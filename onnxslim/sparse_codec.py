@@ -39,7 +39,7 @@ import onnx
 import onnx_ir as ir
 
 from . import model_io
-from .constants import SPARSE_FORMAT_KEY, add_initializer, all_graphs, constant
+from .constants import SPARSE_FORMAT_KEY, add_initializer, all_graphs, constant, drop_if_unused, set_tensor
 
 #: Lowest default-domain opset the decode subgraph is valid at.
 MIN_OPSET = 11
@@ -334,6 +334,33 @@ class Decode:
             for v in self.inputs()
             if not v.is_graph_output() and not v.is_graph_input() and all(id(u.node) in inside for u in v.uses())
         ]
+
+
+def replace_with_dense(decode: Decode, dense: np.ndarray) -> tuple[ir.Value, ir.Node | None]:
+    """Swap the decode for the dense tensor: (its value, the Constant node holding it or None)."""
+    graph, old, name = decode.graph, decode.output, decode.output.name
+    component_inputs = decode.inputs()
+    output_node = old.producer()
+    old.name = f"{name}.csr_decoded"
+    value = ir.Value(name=name)
+    node = None
+    if decode.origin == "constant_node":
+        attr = ir.Attr("value", ir.AttributeType.TENSOR, ir.Tensor(dense, name=name))
+        node = ir.Node("", "Constant", [], [attr], outputs=[value], name=decode.origin_name)
+        value.type, value.shape = old.type, old.shape  # the value_info the decode output had, if any
+        graph.insert_before(output_node, node)
+    else:
+        set_tensor(value, dense)
+        graph.register_initializer(value)
+        components = {id(v) for v in component_inputs}
+        first = next((v for v in graph.initializers.values() if id(v) in components), None)
+        if first is not None:
+            move_initializers(graph, [value], before=first.name)
+    old.replace_all_uses_with(value, replace_graph_outputs=True)
+    graph.remove(decode.nodes, safe=True)
+    for component in component_inputs:  # values, indices, shapes: gone unless shared
+        drop_if_unused(component)
+    return value, node
 
 
 def find_decodes(model: ir.Model) -> Iterator[Decode]:

@@ -8,11 +8,10 @@ is written dense. ``densify(sparsify(m))`` has initializers byte-identical to ``
 
 from __future__ import annotations
 
-import numpy as np
 import onnx_ir as ir
 
 from onnxslim import sparse_codec
-from onnxslim.constants import SPARSE_FORMAT_KEY, all_graphs, drop_if_unused, set_tensor
+from onnxslim.constants import SPARSE_FORMAT_KEY, all_graphs
 from onnxslim.pass_api import Pass, PassContext, PassResult
 
 
@@ -36,7 +35,7 @@ class Densify(Pass):
                 continue
             graph, main, name = decode.graph, decode.graph is model.graph, decode.output.name
             before = sparse_codec.file_bytes(graph, main, decode.own_inputs(), decode.nodes)
-            value, node = _replace_decode(decode, sparse_codec.decode(parts))
+            value, node = sparse_codec.replace_with_dense(decode, sparse_codec.decode(parts))
             after = sparse_codec.file_bytes(graph, main, [value] if node is None else (), [node] if node else ())
             restored.append({"name": name, "format": "csr", "bytes_before": before, "bytes_after": after})
         for graph in all_graphs(model):
@@ -52,30 +51,3 @@ class Densify(Pass):
         if not restored:
             return PassResult(False, "no sparse tensor found", details, notes)
         return PassResult(True, f"{len(restored)} tensor(s) dense again: {before} -> {after} bytes", details, notes)
-
-
-def _replace_decode(decode: sparse_codec.Decode, dense: np.ndarray) -> tuple[ir.Value, ir.Node | None]:
-    """Swap the decode for the dense tensor: (its value, the Constant node holding it or None)."""
-    graph, old, name = decode.graph, decode.output, decode.output.name
-    component_inputs = decode.inputs()
-    output_node = old.producer()
-    old.name = f"{name}.csr_decoded"
-    value = ir.Value(name=name)
-    node = None
-    if decode.origin == "constant_node":
-        attr = ir.Attr("value", ir.AttributeType.TENSOR, ir.Tensor(dense, name=name))
-        node = ir.Node("", "Constant", [], [attr], outputs=[value], name=decode.origin_name)
-        value.type, value.shape = old.type, old.shape  # the value_info the decode output had, if any
-        graph.insert_before(output_node, node)
-    else:
-        set_tensor(value, dense)
-        graph.register_initializer(value)
-        components = {id(v) for v in component_inputs}
-        first = next((v for v in graph.initializers.values() if id(v) in components), None)
-        if first is not None:
-            sparse_codec.move_initializers(graph, [value], before=first.name)
-    old.replace_all_uses_with(value, replace_graph_outputs=True)
-    graph.remove(decode.nodes, safe=True)
-    for component in component_inputs:  # values, indices, shapes: gone unless shared
-        drop_if_unused(component)
-    return value, node

@@ -22,7 +22,7 @@ import numpy as np
 import onnx_ir as ir
 
 from onnxslim import sparse_codec
-from onnxslim.constants import SPARSE_FORMAT_KEY, all_graphs, set_tensor
+from onnxslim.constants import SPARSE_FORMAT_KEY, all_graphs, release_mapping, set_tensor
 from onnxslim.errors import UsageError
 from onnxslim.pass_api import Pass, PassContext, PassResult, option
 
@@ -89,8 +89,12 @@ class Sparsify(Pass):
         grew = 0
         csr_dtypes: list[str] = []  # of tensors CSR cannot hold
         candidates = _candidates(model)
+        looked_at = None
         for cand in ctx.progress(candidates, "tensors", total=len(candidates)):
             name, array = cand.value.name, cand.numpy()
+            if looked_at is not None:  # the previous weight's view is gone: unmap it (not read again)
+                release_mapping(looked_at)
+            looked_at = cand.value.const_value if cand.node is None and isinstance(cand.value.const_value, ir.ExternalTensor) else None
             if array.size < opts.min_size:
                 continue
             nnz = int(np.count_nonzero(sparse_codec.nonzero_mask(array)))

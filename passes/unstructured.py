@@ -91,35 +91,28 @@ class Unstructured(Pass):
             norms = _input_norms(model, layers, ctx, notes)
             layers = [layer for layer in layers if layer.name in norms]
         rng = np.random.default_rng(ctx.seed)
-        scores = {}
-        for layer in layers:
-            weight = layer.weight.numpy()
+
+        def score(layer: _Layer, weight: np.ndarray) -> np.ndarray:
             if opts.criterion == "magnitude":
-                scores[layer.name] = np.abs(weight)
-            elif opts.criterion == "random":
-                scores[layer.name] = rng.random(weight.shape)
-            else:
-                scores[layer.name] = np.abs(weight) * _broadcast_norm(layer, norms[layer.name], weight.shape)
-        if opts.m:
-            masks = {}
-            for layer in list(layers):
-                mask = _n_of_m(scores[layer.name], layer.in_axis, opts.n, opts.m)
-                if mask is None:
-                    notes.append(
-                        f"{layer.name}: input dimension {layer.weight.shape[layer.in_axis]} is not a multiple of m={opts.m}; left alone"
-                    )
-                    layers.remove(layer)
-                else:
-                    masks[layer.name] = mask
-        elif opts.scope == "global":
-            masks = _global_masks(scores, opts.sparsity)
+                return np.abs(weight)
+            if opts.criterion == "random":
+                return rng.random(weight.shape)
+            return np.abs(weight) * _broadcast_norm(layer, norms[layer.name], weight.shape)
+
+        if opts.scope == "global" and not opts.m:
+            masks = _global_masks({layer.name: score(layer, layer.weight.numpy()) for layer in layers}, opts.sparsity)
+
+            def mask_of(layer: _Layer, weight: np.ndarray) -> np.ndarray | None:
+                return masks.pop(layer.name)
         else:
-            per_row = opts.criterion == "wanda"
-            masks = {
-                layer.name: _layer_mask(scores[layer.name], opts.sparsity, layer.out_axis if per_row else None)
-                for layer in layers
-            }
-        return self._apply(layers, masks, ctx, notes)
+            # One layer at a time: its score and mask live only while it is pruned (a score
+            # per weight for the whole model at once was a full copy of the weights).
+            def mask_of(layer: _Layer, weight: np.ndarray) -> np.ndarray | None:
+                if opts.m:
+                    return _n_of_m(score(layer, weight), layer.in_axis, opts.n, opts.m)
+                return _layer_mask(score(layer, weight), opts.sparsity, layer.out_axis if opts.criterion == "wanda" else None)
+
+        return self._apply(layers, mask_of, ctx, notes)
 
     def _layers(self, model: ir.Model, notes: list[str]) -> list[_Layer]:
         opts = self.options
@@ -152,37 +145,47 @@ class Unstructured(Pass):
             )
         return layers
 
-    def _apply(
-        self, layers: list[_Layer], masks: dict[str, np.ndarray], ctx: PassContext, notes: list[str]
-    ) -> PassResult:
+    def _apply(self, layers: list[_Layer], mask_of, ctx: PassContext, notes: list[str]) -> PassResult:
+        """Prune layer by layer: ``mask_of(layer, weight)`` says which weights to keep (None: the
+        layer does not fit an N:M pattern and is left alone)."""
         rows = []
-        zeroed_total = size_total = zeros_before_total = 0
+        considered = zeroed_total = size_total = zeros_before_total = 0
         for layer in ctx.progress(layers, "layers", total=len(layers)):
             weight = layer.weight.numpy()
-            pruned = np.where(masks[layer.name], weight, np.zeros((), weight.dtype))
+            mask = mask_of(layer, weight)
+            if mask is None:
+                notes.append(
+                    f"{layer.name}: input dimension {layer.weight.shape[layer.in_axis]} is not a multiple of m={self.options.m}; left alone"
+                )
+                continue
+            considered += 1
+            pruned = np.where(mask, weight, np.zeros((), weight.dtype))
+            del mask
             before = int(weight.size - np.count_nonzero(weight))
             after = int(pruned.size - np.count_nonzero(pruned))
             size_total += weight.size
             zeros_before_total += before
-            if after == before and np.array_equal(pruned.view(np.uint8), weight.view(np.uint8)):
-                zeroed_total += after
+            zeroed_total += after
+            shape = list(weight.shape)
+            unchanged = after == before and np.array_equal(pruned.view(np.uint8), weight.view(np.uint8))
+            del weight  # a view of the stored tensor: dropped first, so the replaced one can be unmapped
+            if unchanged:
                 continue
             layer.weight.replace(pruned)
-            zeroed_total += after
             rows.append(
                 {
                     "name": layer.name,
                     "node": layer.node.name,
                     "op": layer.node.op_type,
-                    "shape": list(weight.shape),
-                    "sparsity_before": round(before / weight.size, 6),
-                    "sparsity_after": round(after / weight.size, 6),
+                    "shape": shape,
+                    "sparsity_before": round(before / pruned.size, 6),
+                    "sparsity_after": round(after / pruned.size, 6),
                 }
             )
         details = {
             "layers": rows,
             "layers_changed": len(rows),
-            "layers_considered": len(layers),
+            "layers_considered": considered,
             "weights": size_total,
             "sparsity_before": round(zeros_before_total / size_total, 6) if size_total else 0.0,
             "sparsity_after": round(zeroed_total / size_total, 6) if size_total else 0.0,
