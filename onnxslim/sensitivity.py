@@ -48,7 +48,7 @@ from .constants import constant
 
 RATIOS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9)
 #: Bump when the meaning of cached numbers changes.
-CACHE_VERSION = 4
+CACHE_VERSION = 5
 #: Consumers wider than this (unfolded inputs) are zeroed, not refit, in the analysis.
 MAX_REFIT_WIDTH = 4096
 #: Rows of each consumer's input used for its Gram matrix.
@@ -78,6 +78,9 @@ class GroupCurve:
     cosine: list[float]
     agreement: list[float | None]
     mode: str  # "masked" (weights fed to one session) or "rebuilt" (a pruned copy per point)
+    #: mean KL(softmax(original) ‖ softmax(pruned)) per row of the worst classification output
+    #: (None when no counted output is one): the drift that predicts top-1 flips
+    kl: list[float | None] = dataclasses.field(default_factory=list)
 
     def to_dict(self) -> dict:
         return {k: (_json(v) if not isinstance(v, list) else [_json(x) for x in v]) for k, v in dataclasses.asdict(self).items()}
@@ -104,7 +107,7 @@ class Sensitivity:
 
     @classmethod
     def from_dict(cls, d: dict) -> "Sensitivity":
-        groups = [GroupCurve(**{k: ([_unjson(x) for x in v] if isinstance(v, list) and k in ("nmse", "cosine") else v) for k, v in g.items()}) for g in d["groups"]]
+        groups = [GroupCurve(**{k: ([_unjson(x) for x in v] if isinstance(v, list) and k in ("nmse", "cosine", "kl") else v) for k, v in g.items()}) for g in d["groups"]]
         return cls(**{**d, "groups": groups})
 
     def table(self, limit: int | None = None) -> str:
@@ -256,7 +259,7 @@ def analyze(
                 macs_saved=[int(base["macs_before"] - p["macs_after"]) for p in predicted],
                 params_saved=[int(base["params_before"] - p["params_after"]) for p in predicted],
                 nmse=[r[0] for r in row], cosine=[r[1] for r in row], agreement=[r[2] for r in row],
-                mode="rebuilt" if g in rebuild else "masked",
+                mode="rebuilt" if g in rebuild else "masked", kl=[r[3] for r in row],
             )
         )
     result = Sensitivity(
@@ -306,15 +309,37 @@ def pruned_copy_plan(model: ir.Model, plan: Mapping[int, np.ndarray], *, freeze_
     return copy
 
 
-def compare_outputs(reference: list, candidate: list, counted: Sequence[str]) -> tuple[float, float, float | None]:
-    """(nmse, worst cosine, worst top-1 agreement or None) over the counted outputs."""
+def compare_outputs(reference: list, candidate: list, counted: Sequence[str]) -> tuple[float, float, float | None, float | None]:
+    """(nmse, worst cosine, worst top-1 agreement or None, worst mean softmax KL or None) over the
+    counted outputs."""
     # per output (an output's scale must not hide another's drift), worst of the float outputs
     floats = [n for n in counted if np.asarray(reference[0][n]).dtype.kind == "f"] or list(counted)
     nmse = max(relative_error([r[n] for r in reference], [c[n] for c in candidate]) for n in floats)
     metrics = validation.compare([{n: r[n] for n in counted} for r in reference], [{n: c[n] for n in counted} for c in candidate])
     cosine = min(m.cosine for m in metrics)
     tops = [m.top1 for m in metrics if m.top1 is not None]
-    return float(nmse), float(cosine), (min(tops) if tops else None)
+    kls = [softmax_kl([r[n] for r in reference], [c[n] for c in candidate]) for n in floats if _classifier(reference[0][n])]
+    return float(nmse), float(cosine), (min(tops) if tops else None), (max(kls) if kls else None)
+
+
+def softmax_kl(reference: Sequence[np.ndarray], candidate: Sequence[np.ndarray]) -> float:
+    """Mean over rows of KL(softmax(r) ‖ softmax(c)) along the last axis: how far the pruned
+    model's class probabilities moved. Unlike nmse it weighs logit changes by what they do to
+    the decision (a shift of all logits costs nothing, a change between close classes a lot)."""
+    total, rows = 0.0, 0
+    for r, c in zip(reference, candidate):
+        r64 = np.asarray(r, np.float64).reshape(-1, np.shape(r)[-1])
+        c64 = np.asarray(c, np.float64).reshape(-1, np.shape(c)[-1])
+        lp = r64 - r64.max(1, keepdims=True)
+        lp -= np.log(np.exp(lp).sum(1, keepdims=True))
+        lq = c64 - c64.max(1, keepdims=True)
+        lq -= np.log(np.exp(lq).sum(1, keepdims=True))
+        kl = (np.exp(lp) * (lp - lq)).sum(1)
+        if not np.all(np.isfinite(kl)):
+            return math.inf
+        total += float(kl.sum())
+        rows += len(kl)
+    return max(total / max(rows, 1), 0.0)
 
 
 class MaskedEvaluator:
@@ -446,19 +471,20 @@ class MaskedEvaluator:
 
     def point(self, group: ChannelGroup, keep: np.ndarray) -> tuple:
         if len(keep) >= group.size:
-            return 0.0, 1.0, 1.0 if any(_classifier(a) for a in self.reference[0].values()) else None
+            classifier = any(_classifier(a) for a in self.reference[0].values())
+            return 0.0, 1.0, 1.0 if classifier else None, 0.0 if classifier else None
         edits = self._overrides(group, keep)
         return compare_outputs(self.reference, self._run(edits), self.counted)
 
     def rebuilt_point(self, analysis: ChannelAnalysis, index: int, keep: np.ndarray, refit_copy) -> tuple:
         group = analysis.groups[index]
         if len(keep) >= group.size:
-            return 0.0, 1.0, None
+            return 0.0, 1.0, None, None
         try:
             copy = pruned_copy(self.model, index, keep, refit_copy=refit_copy)
             outputs = validation.run_model(copy, self.samples)
         except Exception:
-            return math.inf, 0.0, 0.0
+            return math.inf, 0.0, 0.0, math.inf
         return compare_outputs(self.reference, outputs, self.counted)
 
     # -- reconstruction statistics --------------------------------------------------------

@@ -127,10 +127,36 @@ def test_masked_sensitivity_equals_real_removal(data):
     for curve in sens.groups:
         group = analysis.groups[curve.index]
         copy = sensitivity.pruned_copy(model, curve.index, keep(group, 0.5))
-        nmse, cosine, _ = sensitivity.compare_outputs(reference, validation.run_model(copy, samples), ["logits"])
+        nmse, cosine, _, _ = sensitivity.compare_outputs(reference, validation.run_model(copy, samples), ["logits"])
         assert curve.nmse[1] == pytest.approx(nmse, rel=1e-3, abs=1e-9)
         assert curve.cosine[1] == pytest.approx(cosine, abs=1e-6)
     assert all(c.nmse[0] <= c.nmse[1] + 1e-12 for c in sens.groups)  # more removed, more drift (here)
+    # the softmax KL curve of a classifier: 0 for the whole group, positive once channels go
+    assert all(c.kl[1] > 0 for c in sens.groups)
+
+
+def test_softmax_kl():
+    rng = np.random.default_rng(0)
+    logits = rng.standard_normal((32, 10))
+    assert sensitivity.softmax_kl([logits], [logits]) == pytest.approx(0, abs=1e-12)
+    assert sensitivity.softmax_kl([logits], [logits + 3.0]) == pytest.approx(0, abs=1e-12)  # a shift changes no probability
+    swapped = logits.copy()
+    swapped[:, [0, 1]] = swapped[:, [1, 0]]
+    assert sensitivity.softmax_kl([logits], [swapped]) > 0.01
+
+
+def test_uniform_path_is_prune_ratio():
+    from onnxslim import allocation
+
+    sens = sensitivity.Sensitivity([], list(sensitivity.RATIOS), ["y"], False, "l2", 1, 1, 1, 0.0)
+    sens.groups = [sensitivity.GroupCurve(i, f"g{i}", "conv", size, [], 0.5, [], [], [], [], [], [], [], "masked")
+                   for i, size in enumerate((16, 8))]
+    path = allocation.uniform_path(sens, lambda i, r: (16, 8)[i] - int((16, 8)[i] * r))
+    assert path[0] == {0: 0.0, 1: 0.0}
+    assert all(len(set(p.values())) == 1 for p in path)  # every group at the same ratio
+    kept = [tuple((16, 8)[i] - int((16, 8)[i] * r) for i, r in p.items()) for p in path]
+    assert len(kept) == len(set(kept))  # plans that round to the same widths are not repeated
+    assert max(p[0] for p in path) <= 0.9
 
 
 def test_analyze_cli_table_report_plot_and_cache(tmp_path, data, capsys):
@@ -192,6 +218,13 @@ def test_budget_target_within_one_point_on_the_test_split(data, file, flat, meas
     assert removed >= at_least
     assert any(n.startswith("chosen per-group ratios") for n in row.notes)
     assert any(n.startswith("sensitivity:") for n in row.notes)
+    # both candidate paths were searched; the written plan keeps no more MACs than the cheaper
+    # candidate unless that one failed its check with the full refit
+    alloc = row.details["allocation"]
+    assert {c["path"] for c in alloc["candidates"]} == {"greedy", "uniform"}
+    cheapest = min(alloc["candidates"], key=lambda c: c["macs_kept"])
+    failed_final = any(p["check"].endswith("full refit") and not p["ok"] and p["path"] == cheapest["path"] for p in alloc["probes"])
+    assert failed_final or alloc["path"] == cheapest["path"] or cheapest["macs_kept"] == max(c["macs_kept"] for c in alloc["candidates"])
 
 
 def test_budget_target_with_a_callable_metric_and_separate_validation(data):
