@@ -230,8 +230,8 @@ def main() -> None:
           "speed-up = original median / pruned median; eff = latency speed-up / MACs speed-up")
     head = " │ ".join(f"{'MACs×':>6} {'lat×':>6} {'eff':>5}" for _ in variants)
     names = " │ ".join(f"{'round_to=' + str(v):^19}" for v in variants)
-    print(f"{'':<12} {'':>5} {'':>5} {'':>3} {'':>5} │ {names}")
-    print(f"{'model':<12} {'ratio':>5} {'batch':>5} {'thr':>3} {'clock':>5} │ {head}")
+    print(f"{'':<16} {'':>5} {'':>5} {'':>3} {'':>5} │ {names}")
+    print(f"{'model':<16} {'ratio':>5} {'batch':>5} {'thr':>3} {'clock':>5} │ {head}")
     for name in args.models.split(","):
         size = sizes[name]
         original = MODELS[name](size)
@@ -250,7 +250,7 @@ def main() -> None:
                         i = keys.index((r, v))
                         lat, macs = base / times[1 + i].median, models[(r, v)][1]
                         cells.append(f"{macs:>6.2f} {lat:>6.2f} {lat / macs:>5.2f}")
-                    print(f"{name + '@' + str(size):<12} {r:>5.1f} {batch:>5} {threads:>3} {clock:>5} │ {' │ '.join(cells)}", flush=True)
+                    print(f"{name + '@' + str(size):<16} {r:>5.1f} {batch:>5} {threads:>3} {clock:>5} │ {' │ '.join(cells)}", flush=True)
         if args.profile:
             feed = {"input": np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)}
             for label, model in [("original", original)] + [(f"r{r} round_to={v}", models[(r, v)][0]) for r in ratios for v in variants]:

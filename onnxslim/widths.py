@@ -157,17 +157,27 @@ def measured_widths(
         fresh = channels.analyze(wide, freeze_residual_stream=analysis.freeze_residual_stream)
     by_name = {g.name: g for g in fresh.groups}
     proto = model_io.to_proto(wide)
-    known = _float_shapes(wide, _input_dims(wide, input_shapes))
+    dims = _input_dims(wide, input_shapes)
+    known = _float_shapes(wide, dims)
     node_index = {id(n): i for i, n in enumerate(wide.graph)}
-    items = progress(todo, "measuring widths", total=len(todo)) if progress is not None else todo
-    for group in items:
-        result = results[group]
+    parts = {}
+    for group in todo:
         counterpart = by_name.get(group.name)
         if counterpart is None or counterpart.size != rounded[group]:
-            result.reason = "group not found after rounding its neighbours"
+            results[group].reason = "group not found after rounding its neighbours"
             continue
         try:
-            layer, feeds = _layer_model(proto, counterpart, node_index, known)
+            parts[group] = _layer_nodes(proto.graph, counterpart, node_index)
+        except _NotMeasurable as exc:
+            results[group].reason = str(exc)
+    missing = {name for _, boundary in parts.values() for name in boundary if name not in known}
+    if missing:  # shapes inference left open: read them from one onnxruntime run
+        known.update(_run_shapes(wide, dims, missing))
+    items = progress(list(parts), "measuring widths", total=len(parts)) if progress is not None else list(parts)
+    for group in items:
+        result = results[group]
+        try:
+            layer, feeds = _layer_model(proto, *parts[group], known)
             candidates = _candidates(layer, group.name, windows[group])
         except _NotMeasurable as exc:
             result.reason = str(exc)
@@ -217,16 +227,30 @@ def _float_shapes(model: ir.Model, dims: Mapping[str, Sequence[int]]) -> dict[st
     return found
 
 
-def _layer_model(proto: onnx.ModelProto, group: ChannelGroup, node_index, known) -> tuple[onnx.ModelProto, dict]:
-    """The nodes whose cost depends on ``group``'s width, as a model of their own (inputs from
-    outside become model inputs at their concrete shapes; their Constant producers come along),
-    and random feeds for it."""
+def _run_shapes(model: ir.Model, dims: Mapping[str, Sequence[int]], names: set[str]) -> dict[str, tuple[int, ...]]:
+    """Shapes of the float tensors ``names``, read from one onnxruntime run on a random sample."""
+    from . import inputs, runtime
+
+    values = [v for node in model.graph for v in node.outputs if v.name in names]
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sample = inputs.random_samples(model, 1, 0, dims)[0]
+        with runtime.session(model, "disabled", extra_outputs=values) as sess:
+            arrays = runtime.run(sess, sample, [v.name for v in values])
+    except OnnxSlimError:
+        return {}
+    return {k: tuple(a.shape) for k, a in arrays.items() if a.dtype == np.float32}
+
+
+def _layer_nodes(graph: onnx.GraphProto, group: ChannelGroup, node_index) -> tuple[list[int], list[str]]:
+    """The positions of the nodes whose cost depends on ``group``'s width (with the Constant
+    nodes they read), and the tensors they read from outside (not initializers)."""
     nodes = {id(m.node): m.node for m in group.producers + group.consumers}
     nodes.update((id(n), n) for n in group.nodes)
     if any(id(n) not in node_index for n in nodes.values()):
         raise _NotMeasurable("some of its layers are inside a subgraph")
     picked = set(node_index[i] for i in nodes)
-    graph = proto.graph
     produced = {out: i for i, n in enumerate(graph.node) for out in n.output}
     for i in list(picked):  # constants the layers read come along
         for name in graph.node[i].input:
@@ -234,10 +258,19 @@ def _layer_model(proto: onnx.ModelProto, group: ChannelGroup, node_index, known)
             if j is not None and graph.node[j].op_type == "Constant":
                 picked.add(j)
     order = sorted(picked)
-    inits = {t.name: t for t in graph.initializer}
+    inits = {t.name for t in graph.initializer}
     inside = {out for i in order for out in graph.node[i].output}
     read = [name for i in order for name in graph.node[i].input if name]
-    boundary = list(dict.fromkeys(n for n in read if n not in inside and n not in inits))
+    return order, list(dict.fromkeys(n for n in read if n not in inside and n not in inits))
+
+
+def _layer_model(proto: onnx.ModelProto, order: list[int], boundary: list[str], known) -> tuple[onnx.ModelProto, dict]:
+    """The nodes at ``order`` as a model of their own (``boundary`` tensors become inputs at their
+    concrete shapes), and random feeds for it."""
+    graph = proto.graph
+    picked = set(order)
+    inits = {t.name: t for t in graph.initializer}
+    read = [name for i in order for name in graph.node[i].input if name]
     feeds, inputs = {}, []
     rng = np.random.default_rng(0)
     for name in boundary:

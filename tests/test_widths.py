@@ -122,7 +122,8 @@ def test_layer_models_are_the_groups_layers_at_each_width():
     group = max(analysis.groups, key=lambda g: g.size)
     node_index = {id(n): i for i, n in enumerate(model.graph)}
     known = widths._float_shapes(model, widths._input_dims(model, None))
-    layer, feeds = widths._layer_model(model_io.to_proto(model), group, node_index, known)
+    proto = model_io.to_proto(model)
+    layer, feeds = widths._layer_model(proto, *widths._layer_nodes(proto.graph, group, node_index), known)
     names = {m.node.name for m in group.producers + group.consumers}
     assert names <= {n.name for n in layer.graph.node}
     cands = widths._candidates(layer, group.name, [group.size - 8, group.size])
@@ -157,3 +158,15 @@ def test_block_rounds_to_the_nchwc_block():
 def test_bad_width_options_are_usage_errors(options):
     with pytest.raises(UsageError):
         Prune(**options)
+
+
+def test_cli_takes_block_and_measure(tmp_path, monkeypatch):
+    from onnxslim.cli import main
+
+    monkeypatch.setattr(widths.latency, "measure", _fake_measure([]))
+    src = tmp_path / "in.onnx"
+    onnx.save(fx.resnet(), src)
+    for value in ("block", "measure", "16"):
+        out = tmp_path / f"out_{value}.onnx"
+        assert main([str(src), str(out), "--passes", f"prune:ratio=0.3:round_to={value}", "--quiet"]) == 0
+        assert out.exists()
