@@ -639,16 +639,6 @@ def _save_external(model: ir.Model, path: Path, data_name: str) -> None:
             value.const_value = tensor
 
 
-def _encode_varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        out.append(byte | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 #: Wire tag of ModelProto.graph (field 7, length-delimited).
 _GRAPH_TAG = bytes([(7 << 3) | 2])
 
@@ -723,7 +713,7 @@ def initializer_record(value: ir.Value, as_sparse: bool) -> Record:
         else:
             record.initializer.append(proto)
         payload = record.SerializeToString()
-        return _GRAPH_TAG + _encode_varint(len(payload)) + payload, None
+        return _GRAPH_TAG + wire.encode_varint(len(payload)) + payload, None
     # Header (name, type, dims) serialised by protobuf; the raw bytes are written straight from
     # the tensor, so the largest transient is one copy of one tensor.
     header = onnx.TensorProto(name=value.name, data_type=int(tensor.dtype), dims=list(tensor.shape))
@@ -731,6 +721,6 @@ def initializer_record(value: ir.Value, as_sparse: bool) -> Record:
         header.doc_string = tensor.doc_string
     head = header.SerializeToString()
     raw_len = tensor.nbytes
-    tensor_len = len(head) + len(_RAW_TAG) + len(_encode_varint(raw_len)) + raw_len
-    init = _INIT_TAG + _encode_varint(tensor_len)
-    return _GRAPH_TAG + _encode_varint(len(init) + tensor_len) + init + head + _RAW_TAG + _encode_varint(raw_len), tensor
+    tensor_len = len(head) + len(_RAW_TAG) + len(wire.encode_varint(raw_len)) + raw_len
+    init = _INIT_TAG + wire.encode_varint(tensor_len)
+    return _GRAPH_TAG + wire.encode_varint(len(init) + tensor_len) + init + head + _RAW_TAG + wire.encode_varint(raw_len), tensor

@@ -181,6 +181,26 @@ def test_reshape_with_computed_shape_freezes():
     assert reasons["c1"] == "Reshape with computed shape at node reshape"
 
 
+def test_squeeze_with_computed_axes_freezes_even_at_a_known_shape():
+    # Without the axes every size-1 dim would go ([1, 8, 1, 1] -> [8]); computed axes may keep
+    # the batch dim, so the channel axis after the Squeeze is unknown.
+    rng = np.random.default_rng(0)
+    inits = _conv_inits(rng, {"w1": (8, 4, 1, 1), "w2": (8, 3)})
+    inits["axes"] = np.array([2, 3], np.int64)
+    nodes = [
+        helper.make_node("Conv", ["x", "w1"], ["a"], name="c1"),
+        helper.make_node("GlobalAveragePool", ["a"], ["g"], name="gap"),
+        helper.make_node("Abs", ["axes"], ["ax"], name="computed_axes"),
+        helper.make_node("Squeeze", ["g", "ax"], ["s"], name="sq"),
+        helper.make_node("MatMul", ["s", "w2"], ["y"], name="fc"),
+    ]
+    model = _tiny(nodes, inits, [1, 3])
+    model.graph.input[0].type.tensor_type.shape.dim[0].dim_value = 1
+    analysis = channels.analyze(model_io.load(model))
+    reasons = {f.group.name: f.reason for f in analysis.frozen}
+    assert reasons["c1"] == "Squeeze with unknown axes (Squeeze at node sq)"
+
+
 def test_residual_with_graph_input_freezes():
     rng = np.random.default_rng(0)
     inits = _conv_inits(rng, {"w1": (4, 4, 3, 3), "w2": (4, 4, 1, 1)})

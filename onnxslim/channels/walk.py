@@ -244,6 +244,20 @@ def input_at(node: ir.Node, i: int) -> ir.Value | None:
     return node.inputs[i] if len(node.inputs) > i else None
 
 
+def given_ints(node: ir.Node, attr: str, index: int) -> tuple[bool, list[int] | None]:
+    """An int list an op takes as attribute ``attr`` (older opsets) or as input ``index`` (newer):
+    ``(given, values)``. ``given`` is False when the node has neither, so the op's default
+    applies; ``values`` is None when the input is computed at run time, which callers must treat
+    as unknown, never as the default."""
+    values = attr_ints(node, attr)
+    if values is not None:
+        return True, values
+    operand = input_at(node, index)
+    if operand is None:
+        return False, None
+    return True, ints(operand)
+
+
 def infer_shapes(model: ir.Model) -> dict[str, list[Dim]]:
     """Shapes by value name from onnx shape inference on a skeleton (the model is untouched)."""
     try:

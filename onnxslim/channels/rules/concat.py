@@ -7,7 +7,7 @@ import onnx_ir as ir
 
 from ..mapping import same_slot_in_every_block
 from ..shape_entries import entries, resolved
-from ..walk import Edit, Walk, attr_int, attr_ints, input_at, ints, label
+from ..walk import Edit, Walk, attr_int, attr_ints, given_ints, input_at, ints, label
 from . import rule
 
 
@@ -71,13 +71,11 @@ def split(w: Walk, node: ir.Node) -> None:
             w.set(out, axes, node)
         return
     atoms = axes[axis]
-    sizes = attr_ints(node, "split")
-    if sizes is None and len(node.inputs) > 1 and node.inputs[1] is not None:
-        sizes = ints(node.inputs[1])
-        if sizes is None:
-            w.freeze_inputs(node, "Split with computed sizes")
-            return
-    if sizes is None:
+    given, sizes = given_ints(node, "split", 1)
+    if given and sizes is None:
+        w.freeze_inputs(node, "Split with computed sizes")
+        return
+    if not given:
         n = len(outs)
         step = -(-len(atoms) // n)
         sizes = [min(step, len(atoms) - i * step) for i in range(n)]

@@ -6,7 +6,7 @@ from __future__ import annotations
 import onnx_ir as ir
 
 from ..shape_entries import entries, resolved
-from ..walk import Walk, attr_int, attr_ints, float_values, ints
+from ..walk import Walk, attr_int, attr_ints, float_values, given_ints, ints
 from . import rule
 
 POOLS = ("MaxPool", "AveragePool", "LpPool", "GlobalAveragePool", "GlobalMaxPool", "GlobalLpPool")
@@ -42,12 +42,10 @@ def reduce(w: Walk, node: ir.Node) -> None:
     if not axes:
         return
     rank = w.rank(node.inputs[0])
-    reduced = attr_ints(node, "axes")
-    if reduced is None and len(node.inputs) > 1 and node.inputs[1] is not None:
-        reduced = ints(node.inputs[1])
-        if reduced is None:
-            w.freeze_inputs(node, "reduction over computed axes")
-            return
+    given, reduced = given_ints(node, "axes", 1)
+    if given and reduced is None:
+        w.freeze_inputs(node, "reduction over computed axes")
+        return
     if rank is None:
         w.freeze_inputs(node, "unknown rank")
         return

@@ -11,7 +11,7 @@ import onnx_ir as ir
 
 from ..mapping import Folded, Product, align, axis_size, folded, merged_atoms, outer_blocks, same_slot_in_every_block
 from ..shape_entries import entries, resolved, target_shape
-from ..walk import Dim, Edit, Walk, attr_int, attr_ints, ints, label
+from ..walk import Dim, Edit, Walk, attr_int, attr_ints, given_ints, ints, label
 from . import rule
 
 
@@ -32,7 +32,7 @@ def unsqueeze(w: Walk, node: ir.Node) -> None:
     axes = w.tracked(node.inputs[0])
     if not axes:
         return
-    new = attr_ints(node, "axes") or (ints(node.inputs[1]) if len(node.inputs) > 1 else None)
+    _, new = given_ints(node, "axes", 1)
     rank = w.rank(node.outputs[0])
     if new is None or rank is None:
         w.freeze_inputs(node, "Unsqueeze with computed axes")
@@ -47,9 +47,10 @@ def squeeze(w: Walk, node: ir.Node) -> None:
     if not axes:
         return
     rank = w.rank(node.inputs[0])
-    gone = attr_ints(node, "axes") or (ints(node.inputs[1]) if len(node.inputs) > 1 and node.inputs[1] is not None else None)
+    given, gone = given_ints(node, "axes", 1)
     shape = w.shape(node.inputs[0])
-    if gone is None and shape is not None and all(isinstance(d, int) for d in shape):
+    if not given and shape is not None and all(isinstance(d, int) for d in shape):
+        # no axes: every size-1 dim goes (computed axes stay unknown, whatever the shape)
         gone = [i for i, d in enumerate(shape) if d == 1]
     if gone is None or rank is None:
         w.freeze_inputs(node, "Squeeze with unknown axes")
