@@ -76,6 +76,12 @@ def nchwc_block() -> int:
     return int(max(filters)) if filters and max(filters) > 4 else 1
 
 
+def channel_block() -> int:
+    """What ``round_to=block`` rounds to: :func:`nchwc_block`, or 8 where onnxruntime uses no
+    NCHWc kernels (the portable default)."""
+    return nchwc_block() if nchwc_block() > 1 else 8
+
+
 def window(size: int, keep: int, step: int, block: int = 1, min_channels: int = 1) -> list[int]:
     """Candidate widths for a group of ``size`` asked to keep ``keep``: multiples of
     :data:`ALIGN` (of ``step`` when it is smaller) from ``keep - step`` (never more than one step

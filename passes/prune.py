@@ -341,9 +341,9 @@ class Prune(Pass):
             return 1
         round_to = self.options.round_to
         if not isinstance(round_to, int):
-            from onnxslim.widths import nchwc_block
+            from onnxslim.widths import channel_block
 
-            round_to = nchwc_block() if nchwc_block() > 1 else 8  # no NCHWc kernels: the portable default
+            round_to = channel_block()
         return fast_step(group.size, round_to)
 
     def _n_keep(self, group: ChannelGroup, n_remove: int, rounded: bool = True) -> int:
@@ -377,9 +377,8 @@ class Prune(Pass):
 
         shapes = ctx.input_shapes or ({k: list(np.shape(v)) for k, v in ctx.sample.items()} if ctx.sample else None)
         pruned = {g: n for g, n in counts.items() if n < g.size and g.kind != "heads"}  # heads are whole units
-        block = widths.nchwc_block() if widths.nchwc_block() > 1 else 8
         found = widths.measured_widths(
-            model, analysis, pruned, self._step, block=block, input_shapes=shapes, threads=self.options.threads,
+            model, analysis, pruned, self._step, block=widths.channel_block(), input_shapes=shapes, threads=self.options.threads,
             min_channels=self.options.min_channels, progress=ctx.progress,
         )
         chosen = {g: r.chosen for g, r in zip(pruned, found)}

@@ -148,7 +148,7 @@ def test_groups_that_cannot_be_cut_out_keep_the_top_of_their_window(monkeypatch)
 def test_block_rounds_to_the_nchwc_block():
     model = model_io.load(fx.mobilenetv2())
     result = Prune(ratio=0.3, round_to="block", criterion="l2").run(model, PassContext())
-    block = widths.nchwc_block() if widths.nchwc_block() > 1 else 8
+    block = widths.channel_block()
     for p in result.details["pruned"]:
         step = min(block, 1 << max(int(p["before"] // 4).bit_length() - 1, 0))
         assert p["after"] % step == 0 or p["after"] == p["before"]
