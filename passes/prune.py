@@ -388,7 +388,7 @@ class Prune(Pass):
         fewer = sum(r.chosen < r.requested for r in timed)
         note = (
             f"round_to=measure: {len(timed)} groups timed with onnxruntime ({sum(r.cached for r in timed)} from the cache, "
-            f"{self.options.threads} threads, NCHWc block {widths.nchwc_block()}): {more} keep more channels than asked, "
+            f"threads={self.options.threads}, NCHWc block {widths.nchwc_block()}): {more} keep more channels than asked, "
             f"{fewer} fewer"
         )
         if skipped:
