@@ -14,7 +14,11 @@ count the original and all pruned models are timed in interleaved rounds
 
 Clock (``--clock auto``): with one thread the calling thread's CPU time (onnxruntime computes on
 it; a shared machine's load moves wall-clock medians by 2×, CPU time by a few percent), with two
-threads wall time. ``--profile`` prints, per model, the share of onnxruntime's node time in
+threads wall time with idle threads sleeping (``--spin off``, the default here; ``--spin on`` is
+onnxruntime's default): on a 2-core machine shared by ~20 runnable processes, spinning threads
+burn the slices the working thread needs, which costs a short (pruned) model relatively more —
+measured on ResNet-18@224 batch 8 at ratio 0.5, eff 0.64 spinning vs 0.83 sleeping, with the
+threads' CPU time at 0.90. ``--profile`` prints, per model, the share of onnxruntime's node time in
 dense convs, depthwise convs, layout reorders and the rest (from onnxruntime's profiler).
 
 Run: ``python bench/prune_widths.py [--rounds 15] [--models resnet18,mobilenetv2,yolo]
@@ -221,12 +225,14 @@ def main() -> None:
     parser.add_argument("--ratios", default=",".join(map(str, RATIOS)))
     parser.add_argument("--size", action="append", default=[], metavar="MODEL=N", help="input size override, e.g. yolo=640")
     parser.add_argument("--clock", choices=("auto", "wall"), default="auto", help="auto: CPU time with 1 thread, wall with more")
+    parser.add_argument("--spin", choices=("on", "off"), default="off",
+                        help="onnxruntime's idle intra-op threads spin (its default) or sleep (default here: see the docstring)")
     parser.add_argument("--profile", action="store_true", help="print where onnxruntime's time goes (original and pruned)")
     args = parser.parse_args()
     variants = [_round_to(v) for v in args.variants.split(",")]
     ratios = [float(r) for r in args.ratios.split(",")]
     sizes = {**SIZES, **{k: int(v) for k, v in (s.split("=") for s in args.size)}}
-    print(f"onnxruntime {ort.__version__} CPU; interleaved rounds ({args.rounds}), medians; "
+    print(f"onnxruntime {ort.__version__} CPU; interleaved rounds ({args.rounds}), medians; spinning {args.spin}; "
           "speed-up = original median / pruned median; eff = latency speed-up / MACs speed-up")
     head = " │ ".join(f"{'MACs×':>6} {'lat×':>6} {'eff':>5}" for _ in variants)
     names = " │ ".join(f"{'round_to=' + str(v):^19}" for v in variants)
@@ -242,7 +248,8 @@ def main() -> None:
             feed = {"input": np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)}
             for threads in (int(t) for t in args.threads.split(",")):
                 clock = "cpu" if args.clock == "auto" and threads == 1 else "wall"
-                times = latency.measure([original, *(models[k][0] for k in keys)], feed, rounds=args.rounds, threads=threads, clock=clock)
+                times = latency.measure([original, *(models[k][0] for k in keys)], feed, rounds=args.rounds, threads=threads, clock=clock,
+                                       spinning=args.spin == "on")
                 base = times[0].median
                 for r in ratios:
                     cells = []

@@ -49,12 +49,16 @@ def measure(
     level: str = "default",
     budget_s: float | None = None,
     clock: str = "wall",
+    spinning: bool = True,
 ) -> list[Timing]:
     """Time ``models`` side by side on ``feeds``; one :class:`Timing` per model, in order.
 
     ``rounds`` interleaved rounds after ``warmup`` untimed ones; ``budget_s`` stops early (after
     at least 5 rounds) once that much wall time was spent, for callers that time inside a search.
     ``clock="cpu"`` times the calling thread's CPU time (``threads=1`` only; see the module docstring).
+    ``spinning=False`` lets idle intra-op threads sleep instead of spin-waiting (onnxruntime's
+    default): on an oversubscribed machine spinning threads burn the time slices the working
+    ones need, and a short model loses more to that than a long one.
     """
     if clock not in ("wall", "cpu"):
         raise ValueError(f"clock must be 'wall' or 'cpu', got {clock!r}")
@@ -65,7 +69,7 @@ def measure(
         return []
     times: list[list[float]] = [[] for _ in models]
     with contextlib.ExitStack() as stack:
-        sessions = [stack.enter_context(runtime.session(m, level=level, threads=threads)) for m in models]
+        sessions = [stack.enter_context(runtime.session(m, level=level, threads=threads, spinning=spinning)) for m in models]
         for sess in sessions:
             for _ in range(warmup):
                 runtime.run(sess, feeds)

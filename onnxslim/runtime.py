@@ -44,6 +44,7 @@ def session(
     level: str = "disabled",
     extra_outputs: Sequence[ir.Value] = (),
     threads: int = 0,
+    spinning: bool = True,
 ) -> Iterator[ort.InferenceSession]:
     """A CPU session for ``model``; ``extra_outputs`` are exposed as additional outputs.
 
@@ -51,7 +52,7 @@ def session(
     with onnxruntime (:func:`_create_sharing_weights`), or else go through a temporary file with
     external data.
     """
-    opts = _options(level, threads)
+    opts = _options(level, threads, spinning)
     added: list[ir.Value] = []
     if isinstance(model, ir.Model):
         for value in extra_outputs:
@@ -75,14 +76,14 @@ def session(
                 if sess is None:
                     path = Path(tmp) / "model.onnx"
                     model_io.save(model, path, external_data=True)
-                    sess = _create(str(path), _options(level, threads))  # opts may hold shared weights
+                    sess = _create(str(path), _options(level, threads, spinning))  # opts may hold shared weights
                 yield sess
     finally:
         for value in added:
             model.graph.outputs.remove(value)
 
 
-def _options(level: str, threads: int) -> ort.SessionOptions:
+def _options(level: str, threads: int, spinning: bool = True) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = LEVELS[level]
     if level == "disabled":
@@ -93,6 +94,8 @@ def _options(level: str, threads: int) -> ort.SessionOptions:
     opts.log_severity_level = 4
     if threads:
         opts.intra_op_num_threads = threads
+    if not spinning:  # idle pool threads sleep instead of spinning (fair timing on a shared machine)
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 

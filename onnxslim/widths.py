@@ -193,7 +193,7 @@ def measured_widths(
         if times is None:
             try:
                 timings = latency.measure([m for _, m in candidates], feeds, rounds=rounds, threads=threads, budget_s=5.0,
-                                          clock="cpu" if threads == 1 else "wall")
+                                          clock="cpu" if threads == 1 else "wall", spinning=False)
             except OnnxSlimError as exc:
                 result.reason = f"its layers do not run on their own: {exc}"
                 continue

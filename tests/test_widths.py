@@ -170,3 +170,12 @@ def test_cli_takes_block_and_measure(tmp_path, monkeypatch):
         out = tmp_path / f"out_{value}.onnx"
         assert main([str(src), str(out), "--passes", f"prune:ratio=0.3:round_to={value}", "--quiet"]) == 0
         assert out.exists()
+
+
+def test_sessions_can_let_idle_threads_sleep():
+    model = model_io.load(fx.mlp())
+    feeds = inputs.random_samples(model, 1, 0)[0]
+    (t,) = latency.measure([model], feeds, rounds=5, warmup=1, threads=2, spinning=False)
+    assert t.median > 0
+    with runtime.session(model, threads=2, spinning=False) as sess:
+        assert runtime.run(sess, feeds)
