@@ -66,7 +66,9 @@ def arg(name: str, value: object = None) -> str:
     ``--calibration data.npz`` or ``calibration='data.npz'``."""
     if _ON_COMMAND_LINE.get():
         flag = _FLAGS.get(name, "--" + name.replace("_", "-"))
-        return flag if value is None or value is True else f"{flag} {value}"
+        if value is None or value is True or (value is False and flag.startswith("--no-")):
+            return flag
+        return f"{flag} {value}"
     return name if value is None else f"{name}={value!r}"
 
 

@@ -236,8 +236,8 @@ def derived_values(value: ir.Value) -> tuple[list[int], str] | None:
     """Values an integer input should take, from how the graph uses it, and why: the constants it
     is compared with (``Equal``: each constant and one value equal to none of them, so every
     branch an ``If`` selects on it is reached; ordered comparisons: one value either side), or
-    1 where it is a ``Range`` delta or a ``Slice`` step (0 would be invalid) and 0 for a ``Slice``
-    axis. None when the graph says nothing."""
+    1 where it is a ``Range`` delta, a ``Slice`` step or a ``SplitToSequence`` split (0 would be
+    invalid) and 0 for a ``Slice`` axis. None when the graph says nothing."""
     equal: set[int] = set()
     ordered: set[int] = set()
     fixed: set[int] = set()
@@ -252,7 +252,7 @@ def derived_values(value: ir.Value) -> tuple[list[int], str] | None:
                     equal.add(c)
                 else:
                     ordered.update((c - 1, c + 1))
-        elif (op == "Range" and idx == 2) or (op == "Slice" and idx == 4):
+        elif (op == "Range" and idx == 2) or (op == "Slice" and idx == 4) or (op == "SplitToSequence" and idx == 1):
             fixed.add(1)
         elif op == "Slice" and idx == 3:
             fixed.add(0)
@@ -268,7 +268,7 @@ def derived_values(value: ir.Value) -> tuple[list[int], str] | None:
         )
         return values, why
     if fixed:
-        return [min(fixed)], "Range delta / Slice step or axis"
+        return [min(fixed)], "Range delta / Slice step or axis / SplitToSequence split"
     return None
 
 

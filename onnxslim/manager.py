@@ -186,9 +186,11 @@ def optimize(
             )
         config = InputConfig(validation_data, input_shapes, samples, seed)
         reference, shape_map = None, None
+        reached: set[str] = set()  # the branches (If branches, Loop/Scan bodies) some sample runs
         if validate:
             console.step("reference outputs of the original model")
             feeds, reference = _reference_outputs(current, config, caught)
+            feeds, reference, reached = _reach_branches(current, feeds, reference, random=validation_data is None)
         elif validation_data is not None or measure_latency:  # latency is timed on a sample
             feeds = config.samples(current)
         else:
@@ -210,8 +212,6 @@ def optimize(
     report.input_shapes = shape_map
     report.samples = len(feeds)
     report.before = stats.compute(current, shape_map, first)
-    # Which If branches the samples execute: a pass that changes one no sample reaches is named.
-    reached = validation.branches_reached(current, feeds) if validate else set()
 
     # Strict shape inference catches stale or wrong shapes a pass leaves behind; it is only a
     # criterion when the original model passes it (custom domains, for one, do not).
@@ -315,10 +315,27 @@ def _reference_outputs(model: ir.Model, config: InputConfig, caught: list) -> tu
     raise ModelError(f"{failure} (the original model; {hint})") from failure
 
 
+def _reach_branches(model: ir.Model, feeds: list, reference: validation.Outputs, random: bool) -> tuple[list, validation.Outputs, set[str]]:
+    """The branches the samples run (a pass that changes one no sample reaches is named); random
+    samples are extended by mirrored ones that reach branches they miss (a warning says so)."""
+    reached = validation.branches_reached(model, feeds)
+    if not random:
+        return feeds, reference, reached
+    extra, more = validation.samples_reaching_more(model, feeds, reached)
+    if not extra:
+        return feeds, reference, reached
+    try:
+        outputs = validation.run_model(model, extra)
+    except ModelError:  # the original rejects them: keep the random samples alone
+        return feeds, reference, reached
+    warnings.warn(f"added {len(extra)} mirrored sample(s) (float inputs negated) to reach {', '.join(sorted(more - reached))}")
+    return [*feeds, *extra], [*reference, *outputs], more
+
+
 def _name_unreached_branches(row: PassReport, before: Mapping, after: Mapping, reached: set[str]) -> None:
-    """Name each If branch the pass changed that no validation sample executes: its outputs were
-    not compared."""
-    unreached = [b for b in validation.changed_branches(before, after) if b not in reached]
+    """Name each branch (If branch, Loop/Scan body) the pass changed that no validation sample
+    executes: its outputs were not compared."""
+    unreached = validation.unvalidated_branches(before, after, reached)
     if unreached:
         row.unvalidated_branches = unreached
         row.notes.append(

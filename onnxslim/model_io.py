@@ -74,28 +74,53 @@ def _normalise_negative_dims(model: ir.Model) -> None:
             value.shape = ir.Shape([None if isinstance(d, int) and d < 0 else d for d in shape])
 
 
-#: Main-graph metadata: ``value_info`` entries the model declared for its own graph outputs, with
-#: the output's declaration they were written beside (onnx-ir keeps one type per value).
+#: Graph metadata (main graph and every subgraph): ``value_info`` entries the model declared for
+#: the graph's own outputs, with the output's declaration they were written beside (onnx-ir
+#: keeps one type per value, so it drops them).
 OUTPUT_VALUE_INFO_KEY = "onnxslim.output_value_info"
 
 
+def _graph_pairs(proto_graph: onnx.GraphProto, graph: ir.Graph) -> Iterator[tuple[onnx.GraphProto, ir.Graph]]:
+    """A proto graph and the onnx-ir graph it was read as (or written from), then their
+    subgraphs pairwise (nodes are in the same order on both sides)."""
+    yield proto_graph, graph
+    nodes = list(graph)
+    if len(nodes) != len(proto_graph.node):
+        return
+    for proto_node, node in zip(proto_graph.node, nodes):
+        for attr in proto_node.attribute:
+            held = node.attributes.get(attr.name)
+            if held is None:
+                continue
+            if attr.type == onnx.AttributeProto.GRAPH and held.type == ir.AttributeType.GRAPH:
+                yield from _graph_pairs(attr.g, held.as_graph())
+            elif attr.type == onnx.AttributeProto.GRAPHS and held.type == ir.AttributeType.GRAPHS:
+                for proto_sub, sub in zip(attr.graphs, held.as_graphs()):
+                    yield from _graph_pairs(proto_sub, sub)
+
+
 def _keep_output_value_info(proto: onnx.ModelProto, model: ir.Model) -> None:
-    outputs = {o.name: o for o in proto.graph.output}
-    kept = {vi.name: (outputs[vi.name].SerializeToString(), vi.SerializeToString()) for vi in proto.graph.value_info if vi.name in outputs}
-    if kept:
-        model.graph.meta[OUTPUT_VALUE_INFO_KEY] = kept
+    for proto_graph, graph in _graph_pairs(proto.graph, model.graph):
+        if not proto_graph.value_info:
+            continue
+        outputs = {o.name: o for o in proto_graph.output}
+        kept = {vi.name: (outputs[vi.name].SerializeToString(), vi.SerializeToString()) for vi in proto_graph.value_info if vi.name in outputs}
+        if kept:
+            graph.meta[OUTPUT_VALUE_INFO_KEY] = kept
 
 
 def _restore_output_value_info(model: ir.Model, proto: onnx.ModelProto) -> None:
-    """Write back the kept ``value_info`` of each graph output whose declaration is unchanged."""
-    kept = model.graph.meta.get(OUTPUT_VALUE_INFO_KEY)
-    if not kept:
-        return
-    present = {vi.name for vi in proto.graph.value_info}
-    for out in proto.graph.output:
-        entry = kept.get(out.name)
-        if entry is not None and out.name not in present and out.SerializeToString() == entry[0]:
-            proto.graph.value_info.append(onnx.ValueInfoProto.FromString(entry[1]))
+    """Write back the kept ``value_info`` of each graph output (subgraphs' too) whose
+    declaration is unchanged."""
+    for proto_graph, graph in _graph_pairs(proto.graph, model.graph):
+        kept = graph.meta.get(OUTPUT_VALUE_INFO_KEY)
+        if not kept:
+            continue
+        present = {vi.name for vi in proto_graph.value_info}
+        for out in proto_graph.output:
+            entry = kept.get(out.name)
+            if entry is not None and out.name not in present and out.SerializeToString() == entry[0]:
+                proto_graph.value_info.append(onnx.ValueInfoProto.FromString(entry[1]))
 
 
 @contextlib.contextmanager

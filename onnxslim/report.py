@@ -38,7 +38,8 @@ class PassReport:
     stats: ModelStats | None = None
     seconds: float = 0.0
     validate_seconds: float = 0.0
-    #: If branches this pass changed that no validation sample executes (not compared).
+    #: Branches (If branches, Loop/Scan bodies, at any depth) this pass changed that no
+    #: validation sample executes (not compared).
     unvalidated_branches: list[str] = dataclasses.field(default_factory=list)
 
     @property
@@ -138,10 +139,13 @@ class Report:
 
     def status_text(self, row: PassReport) -> str:
         """The row's status as the table shows it: a dry run's passes say so, and so does a pass
-        that changed If branches no validation sample reaches (named in a note below)."""
+        that changed branches (If branches, Loop/Scan bodies) no validation sample reaches (named
+        in a note below)."""
         status = f"{row.status} (dry run)" if self.dry_run and row.status == APPLIED else row.status
         n = len(row.unvalidated_branches)
-        return status + (f" ({n} If branch{'es' if n > 1 else ''} not validated)" if n else "")
+        # The innermost part of a label says what it is: "... > If 'x' else_branch", "Loop 'y' body".
+        kind = "If branch" if all(b.rsplit(" > ", 1)[-1].startswith("If ") for b in row.unvalidated_branches) else "branch"
+        return status + (f" ({n} {kind}{'es' if n > 1 else ''} not validated)" if n else "")
 
     def table(self, width: int = 80) -> Any:
         """A rich Table that fits ``width`` columns: one row for the input model, one per pass;

@@ -44,15 +44,18 @@ def session(
     level: str = "disabled",
     extra_outputs: Sequence[ir.Value] = (),
     threads: int = 0,
+    profile: str | None = None,
     spinning: bool = True,
 ) -> Iterator[ort.InferenceSession]:
     """A CPU session for ``model``; ``extra_outputs`` are exposed as additional outputs.
+    ``profile``: a file prefix for onnxruntime's profiler (every kernel run, subgraphs included;
+    ``end_profiling()`` returns the file).
 
     Models with more than :data:`_IN_MEMORY_LIMIT_BYTES` of weights share their weight arrays
     with onnxruntime (:func:`_create_sharing_weights`), or else go through a temporary file with
     external data.
     """
-    opts = _options(level, threads, spinning)
+    opts = _options(level, threads, profile, spinning)
     added: list[ir.Value] = []
     if isinstance(model, ir.Model):
         for value in extra_outputs:
@@ -76,16 +79,19 @@ def session(
                 if sess is None:
                     path = Path(tmp) / "model.onnx"
                     model_io.save(model, path, external_data=True)
-                    sess = _create(str(path), _options(level, threads, spinning))  # opts may hold shared weights
+                    sess = _create(str(path), _options(level, threads, profile, spinning))  # opts may hold shared weights
                 yield sess
     finally:
         for value in added:
             model.graph.outputs.remove(value)
 
 
-def _options(level: str, threads: int, spinning: bool = True) -> ort.SessionOptions:
+def _options(level: str, threads: int, profile: str | None = None, spinning: bool = True) -> ort.SessionOptions:
     opts = ort.SessionOptions()
     opts.graph_optimization_level = LEVELS[level]
+    if profile:
+        opts.enable_profiling = True
+        opts.profile_file_prefix = profile
     if level == "disabled":
         # Comparisons take one kernel path whatever the model's size: weight-sharing sessions
         # (above the in-memory limit) cannot prepack, so none do (prepacked MatMul sums in

@@ -6,10 +6,14 @@ samples with graph optimisations disabled (onnxruntime's fusions would hide diff
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import math
 import numbers
-from collections.abc import Mapping, Sequence
+import re
+import tempfile
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import onnx_ir as ir
@@ -29,6 +33,13 @@ class Tolerance:
     disabled onnxruntime skips constant folding and prepacking, so the same weights reached
     through a constant subgraph sum in a different order (measured 1.5e-5 absolute on a
     1024-wide MatMul whose outputs reach ~30, i.e. 5e-7 of the output scale).
+
+    A nonzero ``rtol`` finer than the output's own precision is raised to it (float16: its
+    epsilon, 9.8e-4): one rounding of a float16 value is already larger than 1e-5 of the
+    output's scale. onnxruntime computes some float16 chains in float32 (it drops a
+    float32 → float16 → float32 Cast pair), so a constant folded to the float16 the graph says
+    moves such outputs by one float16 step (measured 2.4e-4-4.9e-4 on the onnx float16
+    attention cases). ``rtol=0`` is left as it is.
     """
 
     atol: float = 1e-5
@@ -98,6 +109,13 @@ def compare(
 
 
 def _output_metrics(name: str, refs: list, cands: list, tol: Tolerance) -> OutputMetrics:
+    # An empty optional output is None: None on both sides agrees (and has nothing to compare).
+    pairs = [(r, c) for r, c in zip(refs, cands) if r is not None or c is not None]
+    refs, cands = [r for r, _ in pairs], [c for _, c in pairs]
+    if any(r is None for r in refs):
+        return OutputMetrics(name, math.inf, math.inf, 0.0, False, None, False, False)
+    if not refs:
+        return OutputMetrics(name, 0.0, 0.0, 1.0, True, None, True, True)
     if any(isinstance(x, list) for x in (*refs, *cands)):
         # A sequence output (a list of tensors of any shapes) compares item by item, pooled.
         if not all(isinstance(r, list) and isinstance(c, list) and len(r) == len(c) for r, c in zip(refs, cands)):
@@ -130,7 +148,7 @@ def _output_metrics(name: str, refs: list, cands: list, tol: Tolerance) -> Outpu
             scale = float(np.max(np.abs(rf)))
             max_abs = max(max_abs, float(diff.max()))
             max_rel = max(max_rel, float((diff / np.maximum(np.abs(rf), 1e-12 + 1e-6 * scale)).max()))
-            ok &= bool(np.all(diff <= tol.atol + tol.rtol * scale))
+            ok &= bool(np.all(diff <= tol.atol + _type_rtol(tol.rtol, np.asarray(r).dtype) * scale))
             dot += float(np.dot(rf, cf))
             na += float(np.dot(rf, rf))
             nb += float(np.dot(cf, cf))
@@ -149,66 +167,92 @@ def _output_metrics(name: str, refs: list, cands: list, tol: Tolerance) -> Outpu
     return OutputMetrics(name, max_abs, max_rel, float(cosine), nan_equal, top1, True, bool(ok and nan_equal))
 
 
+def _type_rtol(rtol: float, dtype: np.dtype) -> float:
+    """``rtol``, raised to the dtype's epsilon where it is nonzero and finer (float16)."""
+    if rtol > 0 and dtype.kind == "f":
+        return max(rtol, float(np.finfo(dtype).eps))
+    return rtol
+
+
 def run_model(model: ir.Model, samples: Sequence[Sample]) -> Outputs:
     """Outputs for every sample, graph optimisations disabled (used for reference and candidate)."""
     with runtime.session(model, "disabled") as sess:
         return [runtime.run(sess, s) for s in samples]
 
 
-# -- If branches: which ones the samples reach, and which ones a pass changed ---------------------
+# -- Branches: which subgraphs the samples reach, and which ones a pass changed ------------------
+#
+# A "branch" is any subgraph: an If's then_branch/else_branch, a Loop's or Scan's body, at any
+# depth (an If inside a Loop body inside an If branch...). A subgraph runs only when its node
+# decides so (the If's condition, a Loop's trip count), so samples can miss it.
 
-Branch = str  # "If 'name' then_branch", nested ones joined with " > "
+Branch = str  # "If 'name' then_branch", "Loop 'name' body"; nested ones joined with " > "
+
+#: Name prefix of the nodes :func:`branches_reached` renames to see them in onnxruntime's profile.
+_MARK = "onnxslim.reached"
 
 
-def _if_label(node: ir.Node, index: int) -> str:
-    return f"If {node.name or f'#{index}'!r}"
-
-
-def _graph_ifs(graph: ir.Graph, prefix: str = "") -> list[tuple[str, ir.Node]]:
-    ifs = [n for n in graph if n.op_type == "If" and n.domain in ("", "ai.onnx")]
-    return [(prefix + _if_label(n, i), n) for i, n in enumerate(ifs)]
+def _subgraphs(graph: ir.Graph, prefix: str = "") -> Iterator[tuple[Branch, ir.Graph]]:
+    """Every subgraph under ``graph`` with its label, outer ones before the ones they hold. An
+    unnamed node is labelled by its index among the graph's nodes of its op type."""
+    seen: collections.Counter = collections.Counter()
+    for node in graph:
+        index = seen[node.op_type]
+        seen[node.op_type] += 1
+        label = None
+        for name, attr in node.attributes.items():
+            if attr.type == ir.AttributeType.GRAPH:
+                graphs = [(name, attr.as_graph())]
+            elif attr.type == ir.AttributeType.GRAPHS:
+                graphs = [(f"{name}[{i}]", g) for i, g in enumerate(attr.as_graphs())]
+            else:
+                continue
+            label = label or f"{prefix}{node.op_type} {node.name or f'#{index}'!r}"
+            for attr_name, sub in graphs:
+                yield f"{label} {attr_name}", sub
+                yield from _subgraphs(sub, f"{label} {attr_name} > ")
 
 
 def if_branches(model: ir.Model) -> dict[Branch, list]:
-    """Every If branch of the model (nested ones too) with what identifies its contents: its
-    nodes, their attributes and inputs, and the tensors those inputs hold (weights a branch reads
-    from the outer graph count as its contents). Compared by identity, so a pass that replaces a
-    node, an attribute or a tensor changes it (passes never mutate tensors in place)."""
-    result: dict[Branch, list] = {}
-
-    def visit(graph: ir.Graph, prefix: str) -> None:
-        for label, node in _graph_ifs(graph, prefix):
-            for attr in ("then_branch", "else_branch"):
-                if attr in node.attributes:
-                    branch = node.attributes[attr].as_graph()
-                    result[f"{label} {attr}"] = _contents(branch)
-                    visit(branch, f"{label} {attr} > ")
-
-    visit(model.graph, "")
-    return result
+    """Every branch of the model (If branches and Loop/Scan bodies, nested ones too) with what
+    identifies its contents: its nodes (nested ones included), their attributes and inputs, the
+    tensors those inputs hold (weights a branch reads from the outer graph count as its
+    contents), and what each (nested) subgraph outputs. Compared by identity, so a pass that
+    replaces a node, an attribute or a tensor changes it (passes never mutate tensors in place)."""
+    return {label: _contents(sub) for label, sub in _subgraphs(model.graph)}
 
 
 def _contents(graph: ir.Graph) -> list:
-    items: list = [tuple(graph.outputs)]
-    for node in graph.all_nodes() if hasattr(graph, "all_nodes") else graph:
-        items.append((node, node.op_type, tuple(node.attributes.values())))
-        items.extend((v, v.const_value if v is not None else None) for v in node.inputs)
-    for value in graph.initializers.values():
-        items.append((value, value.const_value))
+    items: list = []
+    for sub in (graph, *graph.subgraphs()):
+        items.append(tuple(sub.outputs))
+        items.extend((value, value.const_value) for value in sub.initializers.values())
+        for node in sub:
+            items.append((node, node.op_type, tuple(node.attributes.values())))
+            items.extend((v, v.const_value if v is not None else None) for v in node.inputs)
     return items
 
 
 def changed_branches(before: Mapping[Branch, list], after: Mapping[Branch, list]) -> list[Branch]:
-    """Branches present before and after whose contents are not the same objects any more
-    (a nested branch's change is named once, at the outermost changed branch)."""
+    """Branches present before and after whose contents are not the same objects any more (a
+    change inside a nested branch changes every branch around it too)."""
     changed = []
     for label, items in before.items():
         now = after.get(label)
         if now is None or (len(now) == len(items) and all(_same(a, b) for a, b in zip(items, now))):
             continue
-        if not any(label.startswith(outer + " > ") for outer in changed):
-            changed.append(label)
+        changed.append(label)
     return changed
+
+
+def unvalidated_branches(before: Mapping[Branch, list], after: Mapping[Branch, list], reached: set[Branch]) -> list[Branch]:
+    """The changed branches no sample reaches, each named once: at the outermost unreached one
+    (whatever it holds is unreached too)."""
+    named: list[Branch] = []
+    for label in changed_branches(before, after):
+        if label not in reached and not any(label.startswith(outer + " > ") for outer in named):
+            named.append(label)
+    return named
 
 
 def _same(a, b) -> bool:
@@ -217,39 +261,67 @@ def _same(a, b) -> bool:
     return a is b or (isinstance(a, str) and a == b)
 
 
-def branches_reached(model: ir.Model, samples: Sequence[Sample], rounds: int = 8) -> set[Branch]:
-    """The If branches some sample executes: each sample runs on a clone whose If nodes are
-    replaced, one nesting level per round, by the branch it takes (onnxruntime cannot expose a
-    value inside a branch)."""
-    from .errors import ModelError
-    from .stats import _inline_branch
+def branches_reached(model: ir.Model, samples: Sequence[Sample]) -> set[Branch]:
+    """The branches some sample executes, at any depth (If branches, Loop and Scan bodies).
 
-    if not any(n.op_type == "If" for g in model.graphs() for n in g):
+    onnxruntime cannot expose a value inside a subgraph, but its profiler records every kernel
+    it runs, subgraphs included: the samples run once on a clone whose subgraph nodes carry
+    marker names, and a branch is reached when one of its own nodes ran. Constant nodes become
+    initializers in onnxruntime and never run, so a branch without another node gets an
+    Identity marker on its first output. A model onnxruntime cannot run reaches nothing."""
+    from .errors import ModelError
+
+    if not any(True for _ in _subgraphs(model.graph)):
         return set()
-    reached: set[Branch] = set()
+    clone = model.clone()
+    labels: dict[str, Branch] = {}
+    for k, (label, sub) in enumerate(list(_subgraphs(clone.graph))):
+        own = list(sub)
+        for j, node in enumerate(own):
+            node.name = f"{_MARK}.{k}.{j}"
+            labels[node.name] = label
+        if sub.outputs and all(n.op_type == "Constant" and n.domain in ("", "ai.onnx") for n in own):
+            marker = ir.node("Identity", [sub.outputs[0]], name=f"{_MARK}.{k}.out")
+            sub.append(marker)
+            sub.outputs[0] = marker.outputs[0]
+            labels[marker.name] = label
+    with tempfile.TemporaryDirectory(prefix="onnxslim-profile-") as tmp:
+        try:
+            with runtime.session(clone, "disabled", profile=str(Path(tmp) / "run")) as sess:
+                for sample in samples:
+                    runtime.run(sess, sample)
+                path = sess.end_profiling()
+        except ModelError:
+            return set()
+        return {labels[name] for name in _profiled_nodes(Path(path)) if name in labels}
+
+
+def samples_reaching_more(model: ir.Model, samples: Sequence[Sample], reached: set[Branch]) -> tuple[list[Sample], set[Branch]]:
+    """Random samples can all take the same side of a data-dependent branch (``If(ReduceSum(x)
+    > 0)``). Each sample mirrored (float inputs negated: a sign test takes its other side) is
+    tried while some branch is unreached; those reaching a new branch are returned, with the
+    branches now reached."""
+    every = {label for label, _ in _subgraphs(model.graph)}
+    extra: list[Sample] = []
     for sample in samples:
-        clone = model.clone()
-        graph = clone.graph
-        labels = {id(n): label for label, n in _graph_ifs(graph)}
-        for _ in range(rounds):
-            ifs = [n for n in graph if id(n) in labels]
-            if not ifs:
-                break
-            conds = {v.name: v for v in (n.inputs[0] for n in ifs) if v.const_value is None and not v.is_graph_input()}
-            try:
-                with runtime.session(clone, "disabled", extra_outputs=list(conds.values())) as sess:
-                    measured = runtime.run(sess, sample, list(conds))
-            except ModelError:
-                break
-            for node in ifs:
-                cond = node.inputs[0]
-                array = cond.const_value.numpy() if cond.const_value is not None else measured.get(cond.name, sample.get(cond.name))
-                if array is None:
-                    continue
-                attr = "then_branch" if bool(np.asarray(array).reshape(-1)[0]) else "else_branch"
-                label = f"{labels.pop(id(node))} {attr}"
-                reached.add(label)
-                branch = node.attributes[attr].as_graph()
-                labels.update({id(n): inner for inner, n in _graph_ifs(branch, f"{label} > ")})
-                _inline_branch(graph, node, branch)
-    return reached
+        if reached >= every:
+            break
+        mirrored = {k: -v if isinstance(v, np.ndarray) and v.dtype.kind == "f" else v for k, v in sample.items()}
+        if all(mirrored[k] is v for k, v in sample.items()):
+            continue
+        new = branches_reached(model, [mirrored]) - reached
+        if new:
+            extra.append(mirrored)
+            reached = reached | new
+    return extra, reached
+
+
+def _profiled_nodes(path: Path) -> set[str]:
+    """Names of the marked nodes an onnxruntime profile says ran. Read line by line (one event
+    per line; a long Loop writes hundreds of bytes per node per iteration), never all at once."""
+    pattern = re.compile(r'"name"\s*:\s*"(' + re.escape(_MARK) + r'\.[0-9a-z.]+)_kernel_time"')
+    found: set[str] = set()
+    with path.open() as f:
+        for line in f:
+            found.update(m.group(1) for m in pattern.finditer(line))
+    return found

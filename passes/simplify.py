@@ -10,6 +10,10 @@ Guards around the library (each checked, see :func:`_Guard`): ``sparsify``'s CSR
 never folded or rewritten; functions are not inlined; metadata, the model's opset versions, IR
 version and the graph's signature (input/output names, types and declared shapes) stay as they
 were; folded constants are limited in size so a big model's memory does not grow.
+
+A library step that raises on one node (onnxscript's SplitToSequence folder on a scalar split
+input given at run time, for one) leaves that node as it is: the rest of the model is still
+simplified, and a note names what was skipped.
 """
 
 from __future__ import annotations
@@ -50,8 +54,9 @@ class Simplify(Pass):
         bytes_before = weight_bytes(model)
         before = model_fingerprint(model)
         guard = _Guard(model)
+        skipped: dict[str, str] = {}
         with _quiet_onnxscript():
-            _simplify(model, self.options)
+            _simplify(model, self.options, skipped)
         guard.check(model)
         Cleanup().run(model, ctx)
         modified = model_fingerprint(model) != before
@@ -60,16 +65,22 @@ class Simplify(Pass):
             "nodes_removed": nodes_before - nodes_after,
             "weight_bytes_saved": bytes_before - weight_bytes(model),
         }
+        notes = [f"skipped {where}: onnxscript raised {why} (left as it is)" for where, why in skipped.items()]
+        if skipped:
+            details["steps_skipped"] = len(skipped)
         if not modified:
-            return PassResult(False, "already simple", details)
+            return PassResult(False, "already simple", details, notes)
         summary = f"{nodes_before} → {nodes_after} nodes"
-        if details["weight_bytes_saved"]:
-            summary += f", weights {details['weight_bytes_saved']:+,} bytes saved"
-        return PassResult(True, summary, details)
+        saved = details["weight_bytes_saved"]
+        if saved:
+            summary += f", weights {abs(saved):,} bytes {'smaller' if saved > 0 else 'larger'}"
+        return PassResult(True, summary, details, notes)
 
 
-def _simplify(model: ir.Model, options: Simplify.Options) -> None:
-    from onnxscript import optimizer, rewriter
+def _simplify(model: ir.Model, options: Simplify.Options, skipped: dict[str, str]) -> None:
+    """Simplify in place; a folder or rule that raises on a node is recorded in ``skipped``
+    (where → why) and that node left alone."""
+    from onnxscript import rewriter
     from onnxscript.optimizer import _constant_folding
 
     protected = _protected_nodes(model)
@@ -89,8 +100,8 @@ def _simplify(model: ir.Model, options: Simplify.Options) -> None:
     from ._simplify_rules import ShapeChainPass, ShapeCSEPass, extra_rules
 
     # Flatten → Reshape adds a shape constant and simplifies nothing.
-    rules = [_Protected(r, protected) for r in rewriter._DEFAULT_REWRITE_RULES if r is not flatten_to_reshape_rule]
-    rules += [_Protected(r, protected) for r in extra_rules()]
+    rules = [_Protected(r, protected, skipped) for r in rewriter._DEFAULT_REWRITE_RULES if r is not flatten_to_reshape_rule]
+    rules += [_Protected(r, protected, skipped) for r in extra_rules()]
     if not options.fuse:
         rules = [r for r in rules if "BatchNorm" not in (r.name or "") and "BiasAdd" not in (r.name or "")]
     # Constant nodes first become initializers: BatchNorm fusion and the rewrite rules look for
@@ -102,7 +113,7 @@ def _simplify(model: ir.Model, options: Simplify.Options) -> None:
     loop = []
     if options.fold:
         loop.append(
-            _constant_folding.FoldConstantsPass(
+            _fold_pass(_constant_folding.FoldConstantsPass, skipped)(
                 shape_inference=per_node,
                 input_size_limit=_constant_folding.DEFAULT_CONSTANT_FOLD_INPUT_SIZE_LIMIT,
                 output_size_limit=options.fold_limit,
@@ -124,6 +135,33 @@ def _simplify(model: ir.Model, options: Simplify.Options) -> None:
         common.RemoveUnusedNodesPass(),
     ]
     ir.passes.Sequential(*steps)(model)
+
+
+def _fold_pass(base: type, skipped: dict[str, str]) -> type:
+    """onnxscript's FoldConstantsPass, except that a node whose folding raises is left as it is
+    (recorded in ``skipped``) instead of failing the whole pass."""
+
+    class IsolatingFoldConstantsPass(base):
+        def process_node(self, node: ir.Node, is_function: bool):
+            try:
+                return super().process_node(node, is_function)
+            except Exception as exc:  # a library bug on one node must not cost the whole model
+                skipped[f"folding {_describe(node)}"] = _cause(exc)
+                return None
+
+    return IsolatingFoldConstantsPass
+
+
+def _describe(node: ir.Node) -> str:
+    return f"{node.op_type} {node.name!r}" if node.name else node.op_type
+
+
+def _cause(exc: BaseException) -> str:
+    """The innermost exception's type and first line (onnxscript wraps the original)."""
+    while exc.__cause__ is not None:
+        exc = exc.__cause__
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:120]}" if lines else type(exc).__name__
 
 
 #: Folded results up to this size may be larger than their inputs (shape tensors, small tables).
@@ -168,9 +206,10 @@ class _Protected:
     whose op cannot be the pattern's root (onnxscript tries every rule on every node: 80% of
     the pass's time on the OCR detector)."""
 
-    def __init__(self, rule, protected: set[ir.Node]):
+    def __init__(self, rule, protected: set[ir.Node], skipped: dict[str, str]):
         self._rule = rule
         self._protected = protected
+        self._skipped = skipped
         self._root = None
         pattern = getattr(rule, "_target_pattern", None)
         if pattern is not None and pattern.output_nodes:
@@ -188,7 +227,11 @@ class _Protected:
             return None
         if node in self._protected:
             return None
-        delta = self._rule.try_rewrite(model, graph_or_function, node, **kwargs)
+        try:
+            delta = self._rule.try_rewrite(model, graph_or_function, node, **kwargs)
+        except Exception as exc:  # a rule that raises on one node is not applied there
+            self._skipped[f"rule {self._rule.name or type(self._rule).__name__} at {_describe(node)}"] = _cause(exc)
+            return None
         if delta is not None and any(n in self._protected for n in delta.match.nodes):
             return None
         return delta

@@ -185,8 +185,8 @@ def _simplify_problem(case, feeds: dict, reference: list) -> str | None:
         return f"simplify: optimize raised {type(exc).__name__}: {_first_line(exc)}"
     if result.model is None:
         return None
-    # A pass that raises is rolled back by the manager (onnxscript's folder raises on a few
-    # sequence cases): the model must then be the original, which the comparison below checks.
+    # A pass that raises is rolled back by the manager: the model must then be the original,
+    # which the comparison below checks.
     try:
         simplified = run_ort(model_io.to_bytes(result.model), feeds)
     except Exception as exc:
@@ -196,6 +196,51 @@ def _simplify_problem(case, feeds: dict, reference: list) -> str | None:
     ):
         return "simplify changed the outputs beyond the case's tolerance"
     return None
+
+
+#: The default pipeline with no data cannot validate: the original rejects random inputs, or an
+#: input (a sequence) has no shape to build one from. The user is told to give data.
+NO_SAMPLES = "needs data to validate"
+
+
+def check_simplify(case, own_inputs: bool = True) -> Outcome:
+    """The default pipeline (``simplify``) validated on the case's own inputs, as a user's run
+    with ``--inputs`` would go (``own_inputs=False``: on the samples a run with no options
+    builds): the outcome's detail is simplify's status (``applied``, ``no change``, ``rolled
+    back: …``, ``failed: …``); FAIL when the run raises or the result does not run to the
+    original's outputs within the case's tolerance. Cases onnxruntime cannot run correctly are
+    classified as in :func:`check_case`."""
+    feeds = feeds_of(case)
+    _, expected = case.data_sets[0]
+    expected = [_array(x) for x in expected]
+    try:
+        reference = run_ort(case.model.SerializeToString(), feeds)
+    except Exception as exc:
+        return Outcome(case.name, ORT_CANNOT_RUN, _first_line(exc))
+    if len(reference) != len(expected) or not all(_matches_expected(g, e, case.rtol, case.atol) for g, e in zip(reference, expected)):
+        return Outcome(case.name, ORT_MISMATCH)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            result = onnxslim.optimize(case.model, inputs=[feeds] if own_inputs else None)
+    except (onnxslim.ModelError, onnxslim.UsageError) as exc:
+        if not own_inputs and ("(the original model" in str(exc) or isinstance(exc, onnxslim.UsageError)):
+            return Outcome(case.name, NO_SAMPLES, _first_line(exc))
+        return Outcome(case.name, FAIL, f"optimize raised {type(exc).__name__}: {_first_line(exc)}")
+    except Exception as exc:
+        return Outcome(case.name, FAIL, f"optimize raised {type(exc).__name__}: {_first_line(exc)}")
+    row = result.report.passes[0]
+    if result.model is None:
+        return Outcome(case.name, SKIP_IR, row.reason or "")
+    try:
+        simplified = run_ort(model_io.to_bytes(result.model), feeds)
+    except Exception as exc:
+        return Outcome(case.name, FAIL, f"simplified model does not run: {_first_line(exc)}")
+    if len(simplified) != len(reference) or not all(
+        _matches_expected(after, before, case.rtol, case.atol) for after, before in zip(simplified, reference)
+    ):
+        return Outcome(case.name, FAIL, "simplify changed the outputs beyond the case's tolerance")
+    return Outcome(case.name, PASS, row.status + (f": {row.reason}" if row.reason else ""))
 
 
 def _validated_problem(case, feeds: dict, expected_status: str) -> str | None:
