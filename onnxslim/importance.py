@@ -49,7 +49,7 @@ import scipy.linalg.lapack
 
 from .channels import Activation, ChannelGroup
 from .pass_api import PassContext
-from .reconstruct import LinearLayer, consumer_layers, iter_capture, pick_rows, row_quota
+from .reconstruct import LinearLayer, consumer_layers, iter_capture, one_blas_thread, pick_rows, row_quota
 
 #: Hessian damping relative to its mean diagonal (SparseGPT uses 1%).
 DAMP = 1e-2
@@ -169,13 +169,21 @@ activation_l2.fallback = lambda group, ctx: fallback("activation_l2", group, ctx
 
 @dataclasses.dataclass(eq=False)
 class _Hessian:
-    """The input statistics of one consuming layer, over *units* (columns or input channels)."""
+    """The input statistics of one consuming layer, over *units* (columns or input channels).
+
+    While fewer rows than units have been seen the rows themselves are kept (``chunks``) and the
+    damped inverse's diagonal blocks come from the R×R dual system (:class:`_DualInverse`): a
+    deep layer of a ResNet at 112² has a few hundred output positions for D = 2304..4608
+    unfolded columns, where XᵀX costs R·D² and its inverse D³.
+    """
 
     layer: LinearLayer
     mode: str  # "exact" (unfolded columns), "channel" (Conv channel Gram) or "diagonal"
     index: int  # for seeding the row choice
     h: np.ndarray | None = None
     rows: int = 0
+    chunks: list = dataclasses.field(default_factory=list)
+    captured: bool = False
 
     @property
     def width(self) -> int:
@@ -195,9 +203,18 @@ class _Hessian:
                 xs = xs[pick_rows(len(xs), -(-row_quota(self.width) // n_samples), rng)]
         # float32 products accumulated in float64 (as in reconstruct._Gram.add)
         xs = np.asarray(xs, np.float32)
-        part = np.sum(np.square(xs, dtype=np.float64), axis=0) if self.mode == "diagonal" else (xs.T @ xs).astype(np.float64)
-        self.h = part if self.h is None else self.h + part
         self.rows += len(xs)
+        self.captured = True
+        if self.mode == "diagonal":
+            part = np.sum(np.square(xs, dtype=np.float64), axis=0)
+            self.h = part if self.h is None else self.h + part
+            return
+        self.chunks.append(xs)
+        if self.rows >= self.width:  # enough rows: the Gram is the smaller form from now on
+            for chunk in self.chunks:
+                part = (chunk.T @ chunk).astype(np.float64)
+                self.h = part if self.h is None else self.h + part
+            self.chunks = []
 
     def weight_units(self) -> np.ndarray:
         """The weight as [units, F]: each unit's outgoing weights."""
@@ -212,19 +229,29 @@ class _Hessian:
             return self.layer.columns(positions)
         return np.asarray(positions, dtype=np.int64)[:, None]
 
-    def saliency(self, blocks: np.ndarray, w: np.ndarray, hinv: np.ndarray | None) -> np.ndarray:
+    def saliency(self, blocks: np.ndarray, w: np.ndarray, hinv) -> np.ndarray:
         """Output error from removing each block of units ([S, q] unit indices) with compensation."""
         wb = w[blocks]  # [S, q, F]
         if self.mode == "diagonal":
             h = self.h / max(self.rows, 1)
             diag = h + DAMP * float(h.mean() or 1.0)
             return np.einsum("sqf,sq->s", wb * wb, diag[blocks])
-        sub = hinv[blocks[:, :, None], blocks[:, None, :]]  # [S, q, q]
+        if isinstance(hinv, _DualInverse):
+            sub = hinv.blocks(blocks)
+        else:
+            sub = hinv[blocks[:, :, None], blocks[:, None, :]]  # [S, q, q]
         return np.einsum("sqf,sqf->s", wb, np.linalg.solve(sub, wb))
 
-    def inverse(self) -> np.ndarray | None:
+    def inverse(self):
+        """The damped inverse Hessian: a dense matrix, or its dual form while rows < units."""
         if self.mode == "diagonal":
             return None
+        if self.chunks:
+            dual = _DualInverse.of(np.concatenate(self.chunks))
+            if dual is not None:
+                return dual
+            x = np.concatenate(self.chunks)
+            self.h, self.chunks = (x.T @ x).astype(np.float64), []
         h = self.h / max(self.rows, 1)
         lam = DAMP * float(np.diag(h).mean() or 1.0)
         h = h + lam * np.eye(len(h))
@@ -236,6 +263,36 @@ class _Hessian:
             if info == 0:
                 return np.tril(inv) + np.tril(inv, -1).T
         return np.linalg.pinv(h)
+
+
+@dataclasses.dataclass
+class _DualInverse:
+    """Diagonal blocks of ``(XᵀX/R + λI)⁻¹ = (I − Zᵀ Z)/λ`` with ``Z = L⁻¹X``, ``LLᵀ = XXᵀ + λR·I``
+    (Woodbury): R²·D work instead of R·D² + D³ when there are R < D rows."""
+
+    z: np.ndarray  # [R, D]
+    lam: float
+
+    @classmethod
+    def of(cls, rows: np.ndarray) -> _DualInverse | None:
+        x = np.asarray(rows, np.float64)
+        r, d = x.shape
+        lam = DAMP * float(np.sum(x * x)) / max(r * d, 1)
+        if lam <= 0:
+            return None  # undamped: singular, left to the dense pseudo-inverse
+        k = x @ x.T
+        k[np.diag_indices_from(k)] += lam * r
+        try:
+            factor = scipy.linalg.cholesky(k, lower=True)
+        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+            return None
+        return cls(scipy.linalg.solve_triangular(factor, x, lower=True), lam)
+
+    def blocks(self, blocks: np.ndarray) -> np.ndarray:
+        """[S, q, q] blocks of the inverse at the unit indices ``blocks`` ([S, q])."""
+        zb = self.z[:, blocks]  # [R, S, q]
+        eye = np.eye(blocks.shape[1])
+        return (eye - np.einsum("rsq,rsp->sqp", zb, zb)) / self.lam
 
 
 def _mode(layer: LinearLayer) -> str:
@@ -258,6 +315,7 @@ def _blocks(units: np.ndarray, slots: np.ndarray) -> list[tuple[np.ndarray, np.n
     return out
 
 
+@one_blas_thread
 def prepare_obs(groups: Sequence[ChannelGroup], ctx: PassContext, model: ir.Model) -> None:
     """OBS saliency per slot for every group; consumer inputs captured in as few calibration
     runs as the Hessian memory budget allows (one for most models)."""
@@ -268,7 +326,7 @@ def prepare_obs(groups: Sequence[ChannelGroup], ctx: PassContext, model: ir.Mode
     scores = {g: np.zeros(g.size) for g in groups}
     covered = {g: np.zeros(g.size, dtype=bool) for g in groups}
     for h in ctx.progress(hessians, "OBS saliency", total=len(hessians)):
-        if h.h is None:
+        if not h.captured:
             _accumulate(next(b for b in batches if h in b), ctx, model)
         hinv, w = h.inverse(), h.weight_units()
         for group in groups:
@@ -278,7 +336,7 @@ def prepare_obs(groups: Sequence[ChannelGroup], ctx: PassContext, model: ir.Mode
                 for slot_ids, blocks in _blocks(h.units(member.positions), member.slots):
                     np.add.at(scores[group], slot_ids, h.saliency(blocks, w, hinv))
                     covered[group][slot_ids] = True
-        h.h = np.zeros(0)  # done: free the Hessian
+        h.h, h.chunks = np.zeros(0), []  # done: free the statistics
     for group in groups:
         values, why = scores[group], None
         if not covered[group].any():

@@ -21,7 +21,8 @@ supports, instead of memorising the samples — so no layer is skipped for lack 
   contribution is put back into the bias (a bias input is added where the layer had none).
 
 Layers are refit in *waves*: a layer waits for every refit layer upstream of it, so its ``X_p``
-already carries their corrections (one onnxruntime run per wave; a chain of N layers is N runs).
+already carries their corrections (one onnxruntime run per wave; a chain of N layers is N runs,
+each over the part of the graph since the previous wave: ``Calibration.staged``).
 
 Rows (output positions: N·H·W for Conv, all leading dims for Gemm/MatMul) are subsampled per
 layer to ``clip(4·D, MIN_ROWS, MAX_ROWS)`` (D = unfolded input width: 4096..16384 rows), spread
@@ -43,11 +44,13 @@ arbitrary new values.
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
 import scipy.linalg
+import threadpoolctl
 
 from . import shapes
 from .channels import ChannelGroup
@@ -188,21 +191,19 @@ class LinearLayer:
         """Input rows [R, D] (im2col at the chosen output positions for Conv)."""
         if self.kind != "conv":
             return x.reshape(-1, x.shape[-1])[rows]
-        n, c, spatial = x.shape[0], x.shape[1], x.shape[2:]
+        n, spatial = x.shape[0], x.shape[2:]
         begin, end = self._pads(spatial)
         out = self.out_spatial(spatial)
         if any(b or e for b, e in zip(begin, end)):
             x = np.pad(x, [(0, 0), (0, 0), *zip(begin, end)])
         nd = len(spatial)
+        # every receptive field as a strided view [N, C, *out, *kernel]; one gather of the rows
+        span = [d * (k - 1) + 1 for k, d in zip(self.kernel, self.dilations)]
+        view = np.lib.stride_tricks.sliding_window_view(x, span, axis=tuple(range(2, 2 + nd)))
+        view = view[(slice(None), slice(None), *(slice(0, (o - 1) * s + 1, s) for o, s in zip(out, self.strides)),
+                     *(slice(None, None, d) for d in self.dilations))]
         where = np.unravel_index(rows, (n, *out))
-        lead = (-1,) + (1,) * (1 + nd)
-        index = [where[0].reshape(lead), np.arange(c).reshape((1, -1) + (1,) * nd)]
-        for d in range(nd):
-            shape = [1] * (2 + nd)
-            shape[2 + d] = self.kernel[d]
-            taps = (np.arange(self.kernel[d]) * self.dilations[d]).reshape(shape)
-            index.append((where[1 + d] * self.strides[d]).reshape(lead) + taps)
-        return x[tuple(index)].reshape(len(rows), -1)
+        return view[(where[0], slice(None), *where[1:])].reshape(len(rows), -1)
 
     def n_out_rows(self, y_shape: Sequence[int]) -> int:
         if self.kind == "conv":
@@ -301,6 +302,20 @@ def editable(layer: LinearLayer) -> str | None:
     return None
 
 
+def one_blas_thread(fn):
+    """Run ``fn`` with one BLAS thread: calibration statistics are many mid-sized products and
+    solves between onnxruntime runs, where OpenBLAS's worker threads mostly spin-wait (obs +
+    reconstruction on the ResNet fixture: 9.5 CPU-s with two threads, 2.0 with one, same wall
+    time on a loaded two-core machine)."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        with threadpoolctl.threadpool_limits(1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return wrapper
+
+
 def row_quota(width: int) -> int:
     return int(np.clip(4 * width, MIN_ROWS, MAX_ROWS))
 
@@ -376,8 +391,7 @@ class _Gram:
         c = self.c[list(parts)].sum(axis=0)
         rows = self.fit_rows if list(parts) == [0] else self.rows
         diag = np.diag(g)[: len(g) - free]
-        lam = DAMP * float(diag.mean()) if len(diag) and diag.mean() > 0 else 1e-8
-        lam *= max(1.0, MIN_ROWS_PER_UNKNOWN * len(g) / max(rows, 1))
+        lam = damping(float(diag.mean()) if len(diag) else 0.0, len(g), rows)
         g = g.copy()
         idx = np.arange(len(g) - free)
         g[idx, idx] += lam
@@ -387,6 +401,86 @@ class _Gram:
             return scipy.linalg.solve(g, c, assume_a="pos")
         except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
             return np.linalg.lstsq(g, c, rcond=None)[0]
+
+
+def damping(diag_mean: float, width: int, rows: int) -> float:
+    """The ridge λ: DAMP × the mean diagonal of XᵀX, grown when there are fewer than
+    MIN_ROWS_PER_UNKNOWN rows per unknown (``width`` unknowns per output)."""
+    lam = DAMP * diag_mean if diag_mean > 0 else 1e-8
+    return lam * max(1.0, MIN_ROWS_PER_UNKNOWN * width / max(rows, 1))
+
+
+class _Rows:
+    """The fitted and held-out rows themselves, for layers with fewer rows than unknowns.
+
+    There the D×D normal equations cost D³/3 per solve and R·D² to build (D up to 4608 for a
+    3×3 Conv of 512 channels, R a few hundred output positions of a deep layer); the same ridge
+    solution comes from the R×R dual system (Woodbury), ``W = W₀ + X_cᵀ(X_cX_cᵀ + λI)⁻¹(Y_c −
+    X_cW₀)``, where the undamped intercept is eliminated by centering (``_c``: minus the column
+    means over the rows used). Same interface and same λ as :class:`_Gram`.
+    """
+
+    def __init__(self, width: int, outputs: int):
+        self.width = width
+        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
+        self.rows = 0
+        self.fit_rows = 0
+        self._x = self._x32 = self._y = self._held = self._kernel = None
+        self.yy = np.zeros(2)
+
+    def add(self, x: np.ndarray, y: np.ndarray, held: np.ndarray) -> None:
+        self.parts.append((np.asarray(x, np.float32), np.asarray(y, np.float32), held))
+        self.rows += len(x)
+        self.fit_rows += int((~held).sum())
+        for part, mask in ((0, ~held), (1, held)):
+            self.yy[part] += float(np.sum(np.square(y[mask], dtype=np.float64)))
+
+    def _stack(self) -> None:
+        if self._x is None:
+            self._x32 = np.concatenate([p[0] for p in self.parts])
+            self._x = self._x32.astype(np.float64)
+            self._y = np.concatenate([p[1] for p in self.parts]).astype(np.float64)
+            self._held = np.concatenate([p[2] for p in self.parts])
+            self.parts = []
+            self._kernel = self._x @ self._x.T  # uncentered, all rows: each solve takes its block
+
+    def _mask(self, parts: Sequence[int]) -> np.ndarray:
+        self._stack()
+        return np.ones(self.rows, bool) if list(parts) == [0, 1] else (self._held if list(parts) == [1] else ~self._held)
+
+    def error(self, w: np.ndarray, part: int) -> float:
+        """‖X·W − Y‖ / ‖Y‖ over the part's rows."""
+        if self.yy[part] <= 0:
+            return 0.0
+        mask = self._mask([part])
+        # float32 product: a relative error of ~1e-6 only decides whether a refit is written
+        residual = self._x32[mask] @ w.astype(np.float32) - self._y[mask]
+        return float(np.sqrt(np.sum(residual * residual, dtype=np.float64) / self.yy[part]))
+
+    def solve(self, parts: Sequence[int], prior: np.ndarray, free: int = 0) -> np.ndarray:
+        mask = self._mask(parts)
+        x, y = self._x[mask], self._y[mask]
+        d = x.shape[1] - free
+        lam = damping(float(np.sum(x[:, :d] ** 2)) / max(d, 1), x.shape[1], len(x))
+        k = self._kernel[np.ix_(mask, mask)]
+        if free:  # the intercept column (ones) is free: center rows and eliminate it
+            x_mean, y_mean = x[:, :d].mean(axis=0), y.mean(axis=0)
+            m = x[:, :d] @ x_mean
+            # the kernel of the damped columns only, centered: (x−x̄)(x−x̄)ᵀ
+            k = k - free - m[:, None] - m[None, :] + x_mean @ x_mean
+            xc, yc = x[:, :d] - x_mean, y - y_mean
+        else:
+            xc, yc = x, y
+        k = k.copy()
+        k[np.diag_indices_from(k)] += lam
+        try:
+            alpha = scipy.linalg.cho_solve(scipy.linalg.cho_factor(k, lower=True), yc - xc @ prior[:d])
+        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+            alpha = np.linalg.lstsq(k, yc - xc @ prior[:d], rcond=None)[0]
+        w = prior[:d] + xc.T @ alpha
+        if not free:
+            return w
+        return np.concatenate([w, (y_mean - x_mean @ w)[None, :]])
 
 
 # --------------------------------------------------------------------------- the hook
@@ -442,6 +536,7 @@ class Reconstructor:
     def __init__(self, fit_bias: bool = True):
         self.fit_bias = fit_bias
 
+    @one_blas_thread
     def capture(self, model: ir.Model, plan: Mapping[ChannelGroup, np.ndarray], ctx: PassContext) -> _State:
         """Record each consumer layer's original output (pre-bias, kept channels, sampled rows)."""
         changed = [g for g, keep in plan.items() if len(keep) < g.size]
@@ -464,13 +559,15 @@ class Reconstructor:
                 y = captured[t.layer.output.name]
                 rng = np.random.default_rng([ctx.seed, k, i])
                 rows = pick_rows(t.layer.n_out_rows(y.shape), -(-t.quota // n_samples), rng)
-                out = t.layer.out_rows(y, rows).astype(np.float64)
+                out = t.layer.out_rows(y, rows)[:, t.kept_out].astype(np.float32)  # float32: held for every layer at once
                 if t.layer.bias is not None and t.layer.bias_in_output:
-                    out = out - t.layer.beta * t.layer.bias.numpy().astype(np.float64).reshape(-1)
+                    bias = t.layer.beta * t.layer.bias.numpy().astype(np.float64).reshape(-1)
+                    out -= (bias if bias.size == 1 else bias[t.kept_out]).astype(np.float32)
                 t.rows.append(rows)
-                t.y.append(out[:, t.kept_out].astype(np.float32))  # float32: held for every layer at once
+                t.y.append(out)
         return _State(targets, skipped)
 
+    @one_blas_thread
     def refit(self, model: ir.Model, state: _State, ctx: PassContext) -> dict:
         """Refit every captured layer on the pruned model; per-layer errors for the report."""
         report: dict = {"layers": [], "skipped": list(state.skipped), "waves": 0}
@@ -487,41 +584,45 @@ class Reconstructor:
         waves = _waves(model, targets)
         report["waves"] = len(set(waves.values()))
         order = sorted(targets, key=lambda t: waves[id(t)])
-        grams: dict[int, _Gram] = {}
+        grams: dict[int, _Gram | _Rows] = {}
         current = None
+        staged = ctx.calibration.staged(model)  # each wave runs only the graph since the last one
         for t in ctx.progress(order, "refitting layers", total=len(order)):
             if waves[id(t)] != current:
                 current = waves[id(t)]
                 wave = [u for u in order if waves[id(u)] == current]
-                grams = self._accumulate(model, wave, ctx)
+                changing = [u.layer.node for u in order if waves[id(u)] >= current]
+                grams = self._accumulate(staged.iter_capture([u.layer.input for u in wave], changing), wave, ctx)
             report["layers"].append(self._refit_one(model, t, grams[id(t)]))
         report["summary"] = _summary(report)
         return report
 
-    def _accumulate(self, model: ir.Model, wave: list[_Target], ctx: PassContext) -> dict[int, _Gram]:
-        """One calibration run over the pruned model: Gram statistics of the wave's layers."""
-        grams: dict[int, _Gram] = {}
+    def _accumulate(self, captures: Iterator[dict[str, np.ndarray]], wave: list[_Target], ctx: PassContext) -> dict[int, _Gram | _Rows]:
+        """One calibration run over the pruned model (``captures``: the wave's layer inputs per
+        sample): Gram statistics of the wave's layers."""
+        grams: dict[int, _Gram | _Rows] = {}
         n_samples = len(ctx.calibration)
-        for i, captured in enumerate(iter_capture(ctx, model, [t.layer.input for t in wave])):
+        for i, captured in enumerate(captures):
             for t in wave:
                 x = captured[t.layer.input.name]
                 rows, y = t.rows[i], t.y[i]
                 free = self._fits_bias(t.layer)
                 if id(t) not in grams:
                     width = t.layer.weight.shape[t.layer.in_axis] * t.layer.unit + free
-                    grams[id(t)] = _Gram(width, y.shape[1])
+                    # fewer rows than unknowns: keep the rows, solve the small dual system
+                    grams[id(t)] = (_Rows if sum(map(len, t.rows)) < width else _Gram)(width, y.shape[1])
                 gram = grams[id(t)]
                 for start in range(0, len(rows), CHUNK_ROWS):
-                    xs = t.layer.unfold(x, rows[start : start + CHUNK_ROWS]).astype(np.float64)
+                    xs = np.asarray(t.layer.unfold(x, rows[start : start + CHUNK_ROWS]), np.float32)
                     if free:
-                        xs = np.concatenate([xs, np.ones((len(xs), 1))], axis=1)
+                        xs = np.concatenate([xs, np.ones((len(xs), 1), np.float32)], axis=1)
                     gram.add(xs, y[start : start + CHUNK_ROWS], _held_out(i, n_samples, gram.rows, len(xs)))
         return grams
 
     def _fits_bias(self, layer: LinearLayer) -> int:
         return int(self.fit_bias and layer.can_fit_bias)
 
-    def _refit_one(self, model: ir.Model, t: _Target, gram: _Gram) -> dict:
+    def _refit_one(self, model: ir.Model, t: _Target, gram: _Gram | _Rows) -> dict:
         layer = t.layer
         w_old = layer.weight.numpy()
         before = layer.matrix(w_old.astype(np.float64))

@@ -1,0 +1,152 @@
+"""CPU cost of ``prune`` with calibration data (the default: obs + reconstruction) against plain ``prune``.
+
+Issue 11 asks the calibrated default to cost at most 5× the CPU time of plain ``prune`` (l2,
+no calibration). For each model, one ``optimize`` run (with validation, as a user runs it) per
+criterion, each in a fresh subprocess, timed as that process's CPU seconds (user + sys, all
+threads: the machine is shared, so wall time says little) minus the same process's import and
+model-loading time. Models: the ResNet fixture (32×32), a ResNet-18-shaped graph (112×112) and
+a ResNet-50-shaped graph (bottleneck blocks, 160×160 by default), 16 random calibration images.
+
+Run ``python bench/prune_cost.py [--models resnet,resnet18,resnet50] [--repeats 1]``; run it
+from another checkout's venv to compare versions side by side. Not a unit test.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "models"
+METHODS = {
+    "plain (l2, no calibration)": ({"criterion": "l2"}, False),
+    "obs+refit (default with calibration)": ({"criterion": "auto", "reconstruct": True}, True),
+}
+
+
+def resnet(depth: int = 50, image_size: int = 160, seed: int = 0) -> onnx.ModelProto:
+    """ResNet-18/34 (basic blocks) or -50 (bottlenecks) layout with BN, random weights."""
+    blocks, bottleneck = {18: ([2, 2, 2, 2], False), 34: ([3, 4, 6, 3], False), 50: ([3, 4, 6, 3], True)}[depth]
+    rng = np.random.default_rng(seed)
+    nodes, inits = [], []
+
+    def tensor(name, array):
+        inits.append(numpy_helper.from_array(array.astype(np.float32), name))
+        return name
+
+    def conv_bn(x, cin, cout, k, stride, name, relu=True):
+        w = rng.normal(0, math.sqrt(2.0 / (cin * k * k)), (cout, cin, k, k))
+        nodes.append(helper.make_node("Conv", [x, tensor(f"{name}.w", w)], [f"{name}.c"], name=f"{name}/Conv",
+                                      kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4))
+        bn = [tensor(f"{name}.{p}", v) for p, v in (("g", rng.uniform(0.5, 1.5, cout)), ("b", rng.normal(0, 0.1, cout)),
+                                                    ("m", rng.normal(0, 0.1, cout)), ("v", rng.uniform(0.5, 1.5, cout)))]
+        nodes.append(helper.make_node("BatchNormalization", [f"{name}.c", *bn], [f"{name}.bn"], name=f"{name}/BN"))
+        if not relu:
+            return f"{name}.bn"
+        nodes.append(helper.make_node("Relu", [f"{name}.bn"], [f"{name}.r"], name=f"{name}/Relu"))
+        return f"{name}.r"
+
+    x = conv_bn("input", 3, 64, 7, 2, "stem")
+    nodes.append(helper.make_node("MaxPool", [x], ["pool"], name="pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4))
+    x, cin = "pool", 64
+    expansion = 4 if bottleneck else 1
+    for stage, width in enumerate([64, 128, 256, 512]):
+        for block in range(blocks[stage]):
+            stride = 2 if stage > 0 and block == 0 else 1
+            name, cout = f"layer{stage + 1}.{block}", width * expansion
+            if bottleneck:
+                y = conv_bn(x, cin, width, 1, 1, f"{name}.conv1")
+                y = conv_bn(y, width, width, 3, stride, f"{name}.conv2")
+                y = conv_bn(y, width, cout, 1, 1, f"{name}.conv3", relu=False)
+            else:
+                y = conv_bn(x, cin, width, 3, stride, f"{name}.conv1")
+                y = conv_bn(y, width, cout, 3, 1, f"{name}.conv2", relu=False)
+            short = conv_bn(x, cin, cout, 1, stride, f"{name}.down", relu=False) if stride != 1 or cin != cout else x
+            nodes.append(helper.make_node("Add", [y, short], [f"{name}.add"], name=f"{name}/Add"))
+            nodes.append(helper.make_node("Relu", [f"{name}.add"], [f"{name}.out"], name=f"{name}/Relu"))
+            x, cin = f"{name}.out", cout
+    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
+    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"))
+    fc_w = tensor("fc.w", rng.normal(0, math.sqrt(1.0 / cin), (1000, cin)))
+    fc_b = tensor("fc.b", np.zeros(1000))
+    nodes.append(helper.make_node("Gemm", ["flat", fc_w, fc_b], ["logits"], name="fc/Gemm", transB=1))
+    graph = helper.make_graph(nodes, f"resnet{depth}",
+                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, image_size, image_size])],
+                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])], initializer=inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    model.ir_version = 10
+    return model
+
+
+def _model(name: str, sizes: dict[str, int]) -> tuple[onnx.ModelProto, int]:
+    if name == "resnet":
+        return onnx.load(FIXTURES / "resnet.onnx"), 32
+    depth = int(name.removeprefix("resnet"))
+    return resnet(depth, sizes[name]), sizes[name]
+
+
+def one_run(model_name: str, method: str, n_calib: int, sizes: dict[str, int], ratio: float) -> dict:
+    """In a child process: import, build, then time one optimize run; CPU s of the run only."""
+    import time
+
+    import onnxslim
+
+    proto, size = _model(model_name, sizes)
+    options, calibrated = METHODS[method]
+    rng = np.random.default_rng(0)
+    calib = [{"input": rng.standard_normal((1, 3, size, size), dtype=np.float32)} for _ in range(n_calib)]
+    cpu, wall = time.process_time(), time.perf_counter()
+    res = onnxslim.optimize(proto, [{"name": "prune", "ratio": ratio, **options}], calibration=calib if calibrated else None)
+    cpu, wall = time.process_time() - cpu, time.perf_counter() - wall
+    row = res.report.passes[0]
+    rec = row.details.get("reconstruction") or {}
+    return {"cpu": cpu, "wall": wall, "criterion": row.details.get("criterion"), "waves": rec.get("waves"),
+            "refit": f"{sum(e['applied'] for e in rec.get('layers', []))}/{len(rec.get('layers', []))}" if rec else ""}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", default="resnet,resnet18,resnet50")
+    parser.add_argument("--calibration", type=int, default=16)
+    parser.add_argument("--ratio", type=float, default=0.3)
+    parser.add_argument("--resnet18-size", type=int, default=112)
+    parser.add_argument("--resnet50-size", type=int, default=160)
+    parser.add_argument("--repeats", type=int, default=1, help="runs per cell (the minimum CPU time is shown)")
+    parser.add_argument("--child", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    sizes = {"resnet18": args.resnet18_size, "resnet34": args.resnet18_size, "resnet50": args.resnet50_size}
+    if args.child:
+        model_name, method = json.loads(args.child)
+        print(json.dumps(one_run(model_name, method, args.calibration, sizes, args.ratio)))
+        return
+    import onnxslim
+
+    print(f"onnxslim from {Path(onnxslim.__file__).parent}; prune:ratio={args.ratio}, {args.calibration} calibration "
+          f"images; CPU s = user+sys of the optimize call (min of {args.repeats}); OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', '-')}")
+    print(f"{'model':<16} {'criterion':<38} {'CPU s':>7} {'wall s':>7} {'× plain':>8} {'waves':>6} {'refit':>7}")
+    for model_name in args.models.split(","):
+        plain = None
+        for method in METHODS:
+            runs = []
+            for _ in range(args.repeats):
+                cmd = [sys.executable, __file__, "--child", json.dumps([model_name, method]), "--calibration", str(args.calibration),
+                       "--ratio", str(args.ratio), "--resnet18-size", str(args.resnet18_size), "--resnet50-size", str(args.resnet50_size)]
+                out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+                runs.append(json.loads(out.strip().splitlines()[-1]))
+            best = min(runs, key=lambda r: r["cpu"])
+            plain = plain or best["cpu"]
+            size = 32 if model_name == "resnet" else sizes[model_name]
+            print(f"{model_name + f' {size}²':<16} {method:<38} {best['cpu']:>7.1f} {best['wall']:>7.1f} "
+                  f"{best['cpu'] / plain:>7.1f}× {best['waves'] or '':>6} {best['refit']:>7}", flush=True)
+
+
+if __name__ == "__main__":
+    main()
