@@ -106,8 +106,6 @@ def _options(level: str, threads: int, profile: str | None = None, spinning: boo
     opts.log_severity_level = 4
     if threads:
         opts.intra_op_num_threads = threads
-    if not spinning:  # idle pool threads sleep instead of spinning (fair timing on a shared machine)
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return opts
 
 
