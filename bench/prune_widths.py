@@ -1,16 +1,28 @@
-"""Latency-aware widths: measured onnxruntime speed-up divided by the MACs speed-up, for pruned
-widths as they fall (``round_to=1``) and for the default (``round_to=8``), side by side.
+"""Latency-aware widths: measured onnxruntime speed-up divided by the MACs speed-up (``eff``) for
+the ways ``prune`` can choose kept widths, side by side.
 
 Three full-width graphs (random weights: latency does not depend on their values):
 ResNet-18 (basic blocks, BN), MobileNetV2 (inverted residuals: 1×1 expand, depthwise 3×3,
 1×1 project, ReLU6) and a YOLOv8s-style detector (Conv+SiLU, C2f blocks with Split/Concat,
-SPPF, a top-down neck with Resize+Concat, three detection heads). Each is pruned with
-``prune:ratio=R:criterion=l2`` at R = 0.3 and 0.5; for every batch size and thread count the
-original and the four pruned models are timed in interleaved rounds (``onnxslim.latency``),
-medians. The issue's goal: latency speed-up ≥ 0.85 × MACs speed-up.
+SPPF, a top-down neck with Resize+Concat, three detection heads), at the input sizes they are
+used at (224², 224², 320²; ``--size yolo=640``). Each is pruned with
+``prune:ratio=R:criterion=l2:round_to=V`` at R = 0.3 and 0.5 for every ``--variants`` V
+(``1``: widths as they fall, ``8``: the default, ``block``: onnxruntime's NCHWc channel block,
+``measure``: per-group widths timed on the group's layers). For every batch size and thread
+count the original and all pruned models are timed in interleaved rounds
+(``onnxslim.latency``), medians. The issue's goal: eff = latency speed-up / MACs speed-up ≥ 0.85.
 
-Run: ``python bench/prune_widths.py [--rounds 15] [--models resnet18,mobilenetv2,yolo]``.
-Not a unit test.
+Clock (``--clock auto``): with one thread the calling thread's CPU time (onnxruntime computes on
+it; a shared machine's load moves wall-clock medians by 2×, CPU time by a few percent), with two
+threads wall time with idle threads sleeping (``--spin off``, the default here; ``--spin on`` is
+onnxruntime's default): on a 2-core machine shared by ~20 runnable processes, spinning threads
+burn the slices the working thread needs, which costs a short (pruned) model relatively more —
+measured on ResNet-18@224 batch 8 at ratio 0.5, eff 0.64 spinning vs 0.83 sleeping, with the
+threads' CPU time at 0.90. ``--profile`` prints, per model, the share of onnxruntime's node time in
+dense convs, depthwise convs, layout reorders and the rest (from onnxruntime's profiler).
+
+Run: ``python bench/prune_widths.py [--rounds 15] [--models resnet18,mobilenetv2,yolo]
+[--variants 8,block,measure] [--size yolo=640] [--profile]``. Not a unit test.
 """
 
 from __future__ import annotations
@@ -145,43 +157,112 @@ def yolo(image_size: int = 320, w: int = 32) -> onnx.ModelProto:
     return g.model(["N", 3, image_size, image_size], g.node("Concat", heads, axis=2), "detections")
 
 
-MODELS = {"resnet18": (lambda: resnet18(image_size=160), 160), "mobilenetv2": (lambda: mobilenetv2(160), 160), "yolo": (lambda: yolo(320), 320)}
+MODELS = {"resnet18": lambda size: resnet18(image_size=size), "mobilenetv2": mobilenetv2, "yolo": yolo}
+SIZES = {"resnet18": 224, "mobilenetv2": 224, "yolo": 320}
+RATIOS = (0.3, 0.5)
+
+
+def _round_to(text: str):
+    return int(text) if text.isdigit() else text
+
+
+def pruned(original: onnx.ModelProto, ratio: float, round_to, shape: dict) -> tuple[onnx.ModelProto, float, list]:
+    """The model pruned at ``ratio`` with ``round_to``, its MACs speed-up and prune's width details."""
+    model = model_io.load(original)
+    base = stats.compute(model, shape).macs
+    result = Prune(ratio=ratio, round_to=round_to, criterion="l2").run(model, PassContext(input_shapes=shape))
+    return model_io.to_proto(model), base / stats.compute(model, shape).macs, result.details.get("widths", [])
+
+
+def profile_shares(model: onnx.ModelProto, feed: dict, threads: int, runs: int = 5) -> dict[str, float]:
+    """Share of onnxruntime's node time by kind (dense conv, depthwise conv, reorder, other), from
+    its profiler (``runs`` calls after a warm-up)."""
+    import json
+    import os
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads, opts.inter_op_num_threads = threads, 1
+        opts.enable_profiling = True
+        opts.profile_file_prefix = os.path.join(tmp, "p")
+        opts.optimized_model_filepath = os.path.join(tmp, "optimized.onnx")
+        opts.log_severity_level = 3
+        sess = ort.InferenceSession(model.SerializeToString(), opts, providers=["CPUExecutionProvider"])
+        sess.run(None, feed)
+        for _ in range(runs):
+            sess.run(None, feed)
+        events = json.load(open(sess.end_profiling()))
+        optimized = onnx.load(opts.optimized_model_filepath)
+    # onnxruntime fuses BN, activations and residual Adds into its (NCHWc) convs: a node's kind
+    # is read from the optimized graph the profiler names
+    grouped = {n.name for n in optimized.graph.node if n.op_type == "Conv" and any(a.name == "group" and a.i > 1 for a in n.attribute)}
+    shares: dict[str, float] = {}
+    for e in events:
+        if e.get("cat") != "Node" or not e.get("name", "").endswith("_kernel_time"):
+            continue
+        op, name = e["args"].get("op_name", ""), e["name"][: -len("_kernel_time")]
+        if op in ("ReorderInput", "ReorderOutput"):
+            kind = "reorder"
+        elif op in ("Conv", "FusedConv", "NchwcConv"):
+            kind = "depthwise conv" if name in grouped else "dense conv"
+        elif op in ("Gemm", "MatMul"):
+            kind = "dense conv"
+        else:
+            kind = "other (elementwise, pools, concat, resize)"
+        shares[kind] = shares.get(kind, 0.0) + e["dur"]
+    total = sum(shares.values()) or 1.0
+    return {k: v / total for k, v in sorted(shares.items())}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--models", default=",".join(MODELS))
+    parser.add_argument("--variants", default="8,block,measure", help="round_to values, comma-separated")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--threads", default="1,2")
+    parser.add_argument("--ratios", default=",".join(map(str, RATIOS)))
+    parser.add_argument("--size", action="append", default=[], metavar="MODEL=N", help="input size override, e.g. yolo=640")
+    parser.add_argument("--clock", choices=("auto", "wall"), default="auto", help="auto: CPU time with 1 thread, wall with more")
+    parser.add_argument("--spin", choices=("on", "off"), default="off",
+                        help="onnxruntime's idle intra-op threads spin (its default) or sleep (default here: see the docstring)")
+    parser.add_argument("--profile", action="store_true", help="print where onnxruntime's time goes (original and pruned)")
     args = parser.parse_args()
-    print(f"onnxruntime {ort.__version__} CPU; interleaved rounds ({args.rounds}), medians; "
+    variants = [_round_to(v) for v in args.variants.split(",")]
+    ratios = [float(r) for r in args.ratios.split(",")]
+    sizes = {**SIZES, **{k: int(v) for k, v in (s.split("=") for s in args.size)}}
+    print(f"onnxruntime {ort.__version__} CPU; interleaved rounds ({args.rounds}), medians; spinning {args.spin}; "
           "speed-up = original median / pruned median; eff = latency speed-up / MACs speed-up")
-    print(f"{'model':<12} {'ratio':>5} {'batch':>5} {'thr':>3} │ {'MACs×':>6} {'lat× r1':>8} {'eff r1':>7} │ {'MACs×':>6} {'lat× r8':>8} {'eff r8':>7}")
+    head = " │ ".join(f"{'MACs×':>6} {'lat×':>6} {'eff':>5}" for _ in variants)
+    names = " │ ".join(f"{'round_to=' + str(v):^19}" for v in variants)
+    print(f"{'':<16} {'':>5} {'':>5} {'':>3} {'':>5} │ {names}")
+    print(f"{'model':<16} {'ratio':>5} {'batch':>5} {'thr':>3} {'clock':>5} │ {head}")
     for name in args.models.split(","):
-        build, size = MODELS[name]
-        original = build()
+        size = sizes[name]
+        original = MODELS[name](size)
         shape = {"input": [1, 3, size, size]}
-        base_macs = stats.compute(model_io.load(original), shape).macs
-        variants, macs = [], []
-        for ratio in (0.3, 0.5):
-            for round_to in (1, 8):
-                model = model_io.load(original)
-                Prune(ratio=ratio, round_to=round_to, criterion="l2").run(model, PassContext())
-                variants.append(model_io.to_proto(model))
-                macs.append(base_macs / stats.compute(model, shape).macs)
+        models = {(r, v): pruned(original, r, v, shape) for r in ratios for v in variants}
+        keys = list(models)
         for batch in (int(b) for b in args.batches.split(",")):
             feed = {"input": np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)}
             for threads in (int(t) for t in args.threads.split(",")):
-                times = latency.measure([original, *variants], feed, rounds=args.rounds, threads=threads)
+                clock = "cpu" if args.clock == "auto" and threads == 1 else "wall"
+                times = latency.measure([original, *(models[k][0] for k in keys)], feed, rounds=args.rounds, threads=threads, clock=clock,
+                                       spinning=args.spin == "on")
                 base = times[0].median
-                for k, ratio in enumerate((0.3, 0.5)):
+                for r in ratios:
                     cells = []
-                    for j in (0, 1):
-                        i = 2 * k + j
-                        lat = base / times[1 + i].median
-                        cells.append(f"{macs[i]:>6.2f} {lat:>8.2f} {lat / macs[i]:>7.2f}")
-                    print(f"{name:<12} {ratio:>5.1f} {batch:>5} {threads:>3} │ {cells[0]} │ {cells[1]}", flush=True)
+                    for v in variants:
+                        i = keys.index((r, v))
+                        lat, macs = base / times[1 + i].median, models[(r, v)][1]
+                        cells.append(f"{macs:>6.2f} {lat:>6.2f} {lat / macs:>5.2f}")
+                    print(f"{name + '@' + str(size):<16} {r:>5.1f} {batch:>5} {threads:>3} {clock:>5} │ {' │ '.join(cells)}", flush=True)
+        if args.profile:
+            feed = {"input": np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)}
+            for label, model in [("original", original)] + [(f"r{r} round_to={v}", models[(r, v)][0]) for r in ratios for v in variants]:
+                shares = profile_shares(model, feed, threads=1)
+                print(f"  profile {name} {label:<22} " + ", ".join(f"{k} {100 * v:.0f}%" for k, v in shares.items()), flush=True)
 
 
 if __name__ == "__main__":
