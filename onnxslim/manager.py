@@ -506,10 +506,11 @@ def _final_checks(model: ir.Model, known: _State | None = None) -> dict[str, Any
         except Exception as exc:
             checks["onnx_checker"] = f"failed: {_first_line(exc)}"
     try:
-        if known.session is not None:  # the state's serialisation (a model held in memory)
-            with runtime.session(known.session, "default"):
+        proto = _proto(known)
+        if proto is not None:  # the state's serialisation (a small model, loaded in memory)
+            with runtime.session(proto, "default"):
                 pass
-        else:
+        else:  # a large model: CSR decodes are folded in groups, not all at once
             runtime.check_loads(model, "default")
         checks["onnxruntime_default_level"] = "ok"
     except ModelError as exc:
