@@ -8,7 +8,6 @@ MACs. Run: ``python bench/prune_latency.py [--repeats 30] [--threads 0]``. Not a
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
@@ -17,59 +16,17 @@ from pathlib import Path
 import numpy as np
 import onnx
 import onnxruntime as ort
-from onnx import TensorProto, helper, numpy_helper
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from _resnet import resnet  # noqa: E402
 from onnxslim import model_io, stats  # noqa: E402
 from onnxslim.pass_api import PassContext  # noqa: E402
 from onnxslim.passes.prune import Prune  # noqa: E402
 
 
 def resnet18(seed: int = 0, image_size: int = 224) -> onnx.ModelProto:
-    """ResNet-18 layout (64-128-256-512, two basic blocks per stage, BN kept, 1x1 downsample)."""
-    rng = np.random.default_rng(seed)
-    nodes, inits = [], []
-
-    def tensor(name, array):
-        inits.append(numpy_helper.from_array(array.astype(np.float32), name))
-        return name
-
-    def conv_bn(x, cin, cout, k, stride, name, relu=True):
-        w = rng.normal(0, math.sqrt(2.0 / (cin * k * k)), (cout, cin, k, k))
-        nodes.append(helper.make_node("Conv", [x, tensor(f"{name}.w", w)], [f"{name}.c"], name=f"{name}/Conv",
-                                      kernel_shape=[k, k], strides=[stride, stride], pads=[k // 2] * 4))
-        bn = [tensor(f"{name}.{p}", v) for p, v in (("g", rng.uniform(0.5, 1.5, cout)), ("b", rng.normal(0, 0.1, cout)),
-                                                    ("m", rng.normal(0, 0.1, cout)), ("v", rng.uniform(0.5, 1.5, cout)))]
-        nodes.append(helper.make_node("BatchNormalization", [f"{name}.c", *bn], [f"{name}.bn"], name=f"{name}/BN"))
-        if not relu:
-            return f"{name}.bn"
-        nodes.append(helper.make_node("Relu", [f"{name}.bn"], [f"{name}.r"], name=f"{name}/Relu"))
-        return f"{name}.r"
-
-    x = conv_bn("input", 3, 64, 7, 2, "stem")
-    nodes.append(helper.make_node("MaxPool", [x], ["pool"], name="pool", kernel_shape=[3, 3], strides=[2, 2], pads=[1] * 4))
-    x, cin = "pool", 64
-    for stage, cout in enumerate([64, 128, 256, 512]):
-        for block in range(2):
-            stride = 2 if stage > 0 and block == 0 else 1
-            name = f"layer{stage + 1}.{block}"
-            y = conv_bn(x, cin, cout, 3, stride, f"{name}.conv1")
-            y = conv_bn(y, cout, cout, 3, 1, f"{name}.conv2", relu=False)
-            short = conv_bn(x, cin, cout, 1, stride, f"{name}.down", relu=False) if stride != 1 or cin != cout else x
-            nodes.append(helper.make_node("Add", [y, short], [f"{name}.add"], name=f"{name}/Add"))
-            nodes.append(helper.make_node("Relu", [f"{name}.add"], [f"{name}.out"], name=f"{name}/Relu"))
-            x, cin = f"{name}.out", cout
-    nodes.append(helper.make_node("GlobalAveragePool", [x], ["gap"], name="gap"))
-    nodes.append(helper.make_node("Flatten", ["gap"], ["flat"], name="flatten"))
-    fc_w = tensor("fc.w", rng.normal(0, math.sqrt(1.0 / 512), (1000, 512)))
-    fc_b = tensor("fc.b", np.zeros(1000))
-    nodes.append(helper.make_node("Gemm", ["flat", fc_w, fc_b], ["logits"], name="fc/Gemm", transB=1))
-    graph = helper.make_graph(nodes, "resnet18", [helper.make_tensor_value_info("input", TensorProto.FLOAT, ["N", 3, image_size, image_size])],
-                              [helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", 1000])], initializer=inits)
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    model.ir_version = 10
-    return model
+    return resnet(18, image_size, seed)
 
 
 def session(proto: onnx.ModelProto, threads: int) -> ort.InferenceSession:
