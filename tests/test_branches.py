@@ -15,27 +15,10 @@ from onnx import TensorProto, helper, numpy_helper
 import onnxslim
 from onnxslim import inputs, model_io, validation
 from onnxslim.pass_api import Pass, PassResult, option
+from tests.support import ScaleWeight
 
 OPSET = [helper.make_opsetid("", 17)]
 F = TensorProto.FLOAT
-
-
-class ScaleWeight(Pass):
-    """Lossy test pass: halves one named main-graph weight."""
-
-    name = "test-scale-weight"
-    summary = "scale a named weight (test only)"
-    lossless = False
-
-    class Options(Pass.Options):
-        weight: str = option("w8", "initializer to scale")
-
-    def run(self, model, ctx):
-        import onnx_ir as ir
-
-        value = model.graph.initializers[self.options.weight]
-        value.const_value = ir.Tensor(value.const_value.numpy() * 0.5, name=value.name)
-        return PassResult(True, f"scaled {self.options.weight}")
 
 
 def _weights():

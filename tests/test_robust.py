@@ -20,7 +20,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 import onnxslim
 from onnxslim import cli, inputs, model_io, validation
-from onnxslim.pass_api import Pass, PassResult, option
+from tests.support import ScaleWeight
 
 OPSET = [helper.make_opsetid("", 17)]
 CORPUS = Path.home() / ".cache" / "onnxslim-corpus"
@@ -184,24 +184,6 @@ def test_derived_values_for_ordered_comparisons_gather_range_and_slice(tmp_path)
     assert sorted(int(s["n"]) for s in samples) == [2, 4]
     assert all(s["ids"].max() < 5 and s["delta"] == 1 for s in samples)
     assert onnxslim.optimize(src, "cleanup").report.samples == 2  # validation runs on them
-
-
-class ScaleWeight(Pass):
-    """Lossy test pass: scales one named weight (the weight of one If branch)."""
-
-    name = "test-scale-weight"
-    summary = "scale a named weight (test only)"
-    lossless = False
-
-    class Options(Pass.Options):
-        weight: str = option("w8", "initializer to scale")
-
-    def run(self, model, ctx):
-        import onnx_ir as ir
-
-        value = model.graph.initializers[self.options.weight]
-        value.const_value = ir.Tensor(value.const_value.numpy() * 0.5, name=value.name)
-        return PassResult(True, f"scaled {self.options.weight}")
 
 
 def test_a_changed_branch_no_sample_reaches_is_named(tmp_path):
