@@ -273,18 +273,23 @@ def test_reconstruction_recovers_a_removed_duplicate_channel(monkeypatch, attrs)
     onnx.checker.check_model(model_io.to_proto(model), full_check=True)
 
 
-def test_reconstruction_lowers_drift_through_gemm_and_matmul_bias():
-    """mlp fixture: Gemm (transB and not), MatMul followed by an Add bias."""
-    proto = fx.mlp()
-    base = model_io.load(proto)
-    calib = Calibration([fx.random_inputs(proto, seed=i, batch=16) for i in range(24)])
-    test = fx.random_inputs(proto, seed=100, batch=32)
-    ref = run(base, test)["logits"]
+def _drift_without_and_with_refit(proto, calib, test):
+    """Relative logits drift on ``test`` of l2 prune at 0.3 without and with reconstruction
+    ({False: ..., True: ...}), and the reconstructing run's result."""
+    ref = run(model_io.load(proto), test)["logits"]
     drift = {}
     for rec in (False, True):
         model = model_io.load(proto)
         result = Prune(ratio=0.3, criterion="l2", reconstruct=rec).run(model, PassContext(calibration=calib))
         drift[rec] = np.linalg.norm(run(model, test)["logits"] - ref) / np.linalg.norm(ref)
+    return drift, result
+
+
+def test_reconstruction_lowers_drift_through_gemm_and_matmul_bias():
+    """mlp fixture: Gemm (transB and not), MatMul followed by an Add bias."""
+    proto = fx.mlp()
+    calib = Calibration([fx.random_inputs(proto, seed=i, batch=16) for i in range(24)])
+    drift, result = _drift_without_and_with_refit(proto, calib, fx.random_inputs(proto, seed=100, batch=32))
     layers = result.details["reconstruction"]["layers"]
     assert {e["layer"] for e in layers} == {"fc2/Gemm", "fc3/MatMul", "fc4/MatMul"}
     assert all(e["applied"] and e["error_after"] < e["error_before"] for e in layers)
@@ -309,15 +314,8 @@ def test_fewer_rows_than_unknowns_still_refit_towards_the_original_weights():
     """40 rows (32 fitted) for 91 unknowns per output in fc2: the ridge towards the sliced weights refits every
     layer and lowers the drift on unseen inputs (it used to skip them: "too few rows")."""
     proto = fx.mlp()
-    base = model_io.load(proto)
     calib = Calibration([fx.random_inputs(proto, seed=i, batch=8) for i in range(5)])  # 40 rows
-    test = fx.random_inputs(proto, seed=100, batch=64)
-    ref = run(base, test)["logits"]
-    drift = {}
-    for rec in (False, True):
-        model = model_io.load(proto)
-        result = Prune(ratio=0.3, criterion="l2", reconstruct=rec).run(model, PassContext(calibration=calib))
-        drift[rec] = np.linalg.norm(run(model, test)["logits"] - ref) / np.linalg.norm(ref)
+    drift, result = _drift_without_and_with_refit(proto, calib, fx.random_inputs(proto, seed=100, batch=64))
     layers = result.details["reconstruction"]["layers"]
     assert layers[0]["inputs"] > 40 and layers[0]["applied"]
     assert any(e["applied"] for e in layers), result.details["reconstruction"]["summary"]
