@@ -107,7 +107,7 @@ def check_loads(model: ir.Model, level: str = "default") -> None:
     onnxruntime's folding leaves, at the memory of the dense weights.
     """
     decodes = [d for d in sparse_codec.find_decodes(model) if d.graph is model.graph]
-    sizes = _dense_bytes(decodes) if decodes and weight_bytes(model) > _IN_MEMORY_LIMIT_BYTES else None
+    sizes = _dense_bytes(decodes) if decodes and not loads_in_memory(model) else None
     if sizes is None:
         with session(model, level):
             return
