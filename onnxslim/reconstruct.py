@@ -7,7 +7,7 @@ regularised least squares so that, on calibration data, it reproduces the unprun
 ridge pulling towards the layer's own (sliced) weights ``W₀`` rather than towards zero::
 
     [W'; δ] = argmin ‖[X_p 1]·[W; δ] − Y‖² + λ‖W − W₀‖²,
-    λ = DAMP · mean(diag(X_pᵀX_p)) · max(1, MIN_ROWS_PER_UNKNOWN · D / rows)
+    λ = DAMP · mean(diag(X_pᵀX_p)) · max(1, MIN_ROWS_PER_UNKNOWN · D / rows)   (onnxslim.ridge)
 
 With plenty of rows this is the plain least-squares fit; with fewer rows than unknowns (a
 100-sample MLP, a few sentences) λ grows and the fit moves only as far from ``W₀`` as the data
@@ -49,24 +49,19 @@ from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
 import onnx_ir as ir
-import scipy.linalg
 import threadpoolctl
 
 from . import shapes
 from .channels import ChannelGroup
 from .constants import ConstantTensor, add_initializer, constant
 from .pass_api import PassContext
+from .ridge import CHUNK_ROWS, Gram, Rows
 
 #: Ridge damping relative to the mean diagonal of XᵀX.
 DAMP = 1e-2
 #: Rows per layer: 4·D, at least MIN_ROWS and at most MAX_ROWS (D = unfolded input width).
 MIN_ROWS = 4096
 MAX_ROWS = 16384
-#: Below this many fitted rows per unknown (per output channel) the ridge grows in proportion
-#: (measured on MiniLM: 512 rows for 1536 inputs with the plain damping made the drift worse).
-MIN_ROWS_PER_UNKNOWN = 2
-#: Rows unfolded at a time while accumulating Gram matrices (bounds im2col memory).
-CHUNK_ROWS = 2048
 #: One calibration sample in HOLDOUT (one row, with fewer samples) is held out to measure the error.
 HOLDOUT = 5
 
@@ -350,139 +345,6 @@ def iter_capture(ctx: PassContext, model: ir.Model, values: Sequence[ir.Value]) 
             value.type = None
 
 
-# --------------------------------------------------------------------------- Gram statistics
-
-
-class _Gram:
-    """XᵀX, XᵀY and ‖Y‖² over the fitted rows and over the held-out rows."""
-
-    def __init__(self, width: int, outputs: int):
-        self.g = np.zeros((2, width, width))
-        self.c = np.zeros((2, width, outputs))
-        self.yy = np.zeros(2)
-        self.rows = 0
-        self.fit_rows = 0
-
-    def add(self, x: np.ndarray, y: np.ndarray, held: np.ndarray) -> None:
-        # float32 products of one chunk (≤ CHUNK_ROWS rows: relative error ~1e-6, far below the
-        # damping) accumulated in float64: half the time of float64 products
-        for part, mask in ((0, ~held), (1, held)):
-            if not mask.any():
-                continue
-            xs, ys = np.asarray(x[mask], np.float32), np.asarray(y[mask], np.float32)
-            self.g[part] += xs.T @ xs
-            self.c[part] += xs.T @ ys
-            self.yy[part] += float(np.sum(np.square(ys, dtype=np.float64)))
-        self.rows += len(x)
-        self.fit_rows += int((~held).sum())
-
-    def error(self, w: np.ndarray, part: int) -> float:
-        """‖X·W − Y‖ / ‖Y‖ from the statistics alone."""
-        if self.yy[part] <= 0:
-            return 0.0
-        sq = np.sum(w * (self.g[part] @ w)) - 2.0 * np.sum(w * self.c[part]) + self.yy[part]
-        return float(np.sqrt(max(sq, 0.0) / self.yy[part]))
-
-    def solve(self, parts: Sequence[int], prior: np.ndarray, free: int = 0) -> np.ndarray:
-        """Ridge solution over ``parts`` pulled towards ``prior`` (the sliced weights); the last
-        ``free`` rows (intercept) are not damped. Fewer rows than MIN_ROWS_PER_UNKNOWN per
-        unknown scale the damping up (see the module docstring)."""
-        g = self.g[list(parts)].sum(axis=0)
-        c = self.c[list(parts)].sum(axis=0)
-        rows = self.fit_rows if list(parts) == [0] else self.rows
-        diag = np.diag(g)[: len(g) - free]
-        lam = damping(float(diag.mean()) if len(diag) else 0.0, len(g), rows)
-        g = g.copy()
-        idx = np.arange(len(g) - free)
-        g[idx, idx] += lam
-        c = c.copy()
-        c[idx] += lam * prior[idx]
-        try:
-            return scipy.linalg.solve(g, c, assume_a="pos")
-        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
-            return np.linalg.lstsq(g, c, rcond=None)[0]
-
-
-def damping(diag_mean: float, width: int, rows: int) -> float:
-    """The ridge λ: DAMP × the mean diagonal of XᵀX, grown when there are fewer than
-    MIN_ROWS_PER_UNKNOWN rows per unknown (``width`` unknowns per output)."""
-    lam = DAMP * diag_mean if diag_mean > 0 else 1e-8
-    return lam * max(1.0, MIN_ROWS_PER_UNKNOWN * width / max(rows, 1))
-
-
-class _Rows:
-    """The fitted and held-out rows themselves, for layers with fewer rows than unknowns.
-
-    There the D×D normal equations cost D³/3 per solve and R·D² to build (D up to 4608 for a
-    3×3 Conv of 512 channels, R a few hundred output positions of a deep layer); the same ridge
-    solution comes from the R×R dual system (Woodbury), ``W = W₀ + X_cᵀ(X_cX_cᵀ + λI)⁻¹(Y_c −
-    X_cW₀)``, where the undamped intercept is eliminated by centering (``_c``: minus the column
-    means over the rows used). Same interface and same λ as :class:`_Gram`.
-    """
-
-    def __init__(self, width: int, outputs: int):
-        self.width = width
-        self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
-        self.rows = 0
-        self.fit_rows = 0
-        self._x = self._x32 = self._y = self._held = self._kernel = None
-        self.yy = np.zeros(2)
-
-    def add(self, x: np.ndarray, y: np.ndarray, held: np.ndarray) -> None:
-        self.parts.append((np.asarray(x, np.float32), np.asarray(y, np.float32), held))
-        self.rows += len(x)
-        self.fit_rows += int((~held).sum())
-        for part, mask in ((0, ~held), (1, held)):
-            self.yy[part] += float(np.sum(np.square(y[mask], dtype=np.float64)))
-
-    def _stack(self) -> None:
-        if self._x is None:
-            self._x32 = np.concatenate([p[0] for p in self.parts])
-            self._x = self._x32.astype(np.float64)
-            self._y = np.concatenate([p[1] for p in self.parts]).astype(np.float64)
-            self._held = np.concatenate([p[2] for p in self.parts])
-            self.parts = []
-            self._kernel = self._x @ self._x.T  # uncentered, all rows: each solve takes its block
-
-    def _mask(self, parts: Sequence[int]) -> np.ndarray:
-        self._stack()
-        return np.ones(self.rows, bool) if list(parts) == [0, 1] else (self._held if list(parts) == [1] else ~self._held)
-
-    def error(self, w: np.ndarray, part: int) -> float:
-        """‖X·W − Y‖ / ‖Y‖ over the part's rows."""
-        if self.yy[part] <= 0:
-            return 0.0
-        mask = self._mask([part])
-        # float32 product: a relative error of ~1e-6 only decides whether a refit is written
-        residual = self._x32[mask] @ w.astype(np.float32) - self._y[mask]
-        return float(np.sqrt(np.sum(residual * residual, dtype=np.float64) / self.yy[part]))
-
-    def solve(self, parts: Sequence[int], prior: np.ndarray, free: int = 0) -> np.ndarray:
-        mask = self._mask(parts)
-        x, y = self._x[mask], self._y[mask]
-        d = x.shape[1] - free
-        lam = damping(float(np.sum(x[:, :d] ** 2)) / max(d, 1), x.shape[1], len(x))
-        k = self._kernel[np.ix_(mask, mask)]
-        if free:  # the intercept column (ones) is free: center rows and eliminate it
-            x_mean, y_mean = x[:, :d].mean(axis=0), y.mean(axis=0)
-            m = x[:, :d] @ x_mean
-            # the kernel of the damped columns only, centered: (x−x̄)(x−x̄)ᵀ
-            k = k - free - m[:, None] - m[None, :] + x_mean @ x_mean
-            xc, yc = x[:, :d] - x_mean, y - y_mean
-        else:
-            xc, yc = x, y
-        k = k.copy()
-        k[np.diag_indices_from(k)] += lam
-        try:
-            alpha = scipy.linalg.cho_solve(scipy.linalg.cho_factor(k, lower=True), yc - xc @ prior[:d])
-        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
-            alpha = np.linalg.lstsq(k, yc - xc @ prior[:d], rcond=None)[0]
-        w = prior[:d] + xc.T @ alpha
-        if not free:
-            return w
-        return np.concatenate([w, (y_mean - x_mean @ w)[None, :]])
-
-
 # --------------------------------------------------------------------------- the hook
 
 
@@ -584,7 +446,7 @@ class Reconstructor:
         waves = _waves(model, targets)
         report["waves"] = len(set(waves.values()))
         order = sorted(targets, key=lambda t: waves[id(t)])
-        grams: dict[int, _Gram | _Rows] = {}
+        grams: dict[int, Gram | Rows] = {}
         current = None
         staged = ctx.calibration.staged(model)  # each wave runs only the graph since the last one
         for t in ctx.progress(order, "refitting layers", total=len(order)):
@@ -597,10 +459,10 @@ class Reconstructor:
         report["summary"] = _summary(report)
         return report
 
-    def _accumulate(self, captures: Iterator[dict[str, np.ndarray]], wave: list[_Target], ctx: PassContext) -> dict[int, _Gram | _Rows]:
+    def _accumulate(self, captures: Iterator[dict[str, np.ndarray]], wave: list[_Target], ctx: PassContext) -> dict[int, Gram | Rows]:
         """One calibration run over the pruned model (``captures``: the wave's layer inputs per
         sample): Gram statistics of the wave's layers."""
-        grams: dict[int, _Gram | _Rows] = {}
+        grams: dict[int, Gram | Rows] = {}
         n_samples = len(ctx.calibration)
         for i, captured in enumerate(captures):
             for t in wave:
@@ -610,7 +472,7 @@ class Reconstructor:
                 if id(t) not in grams:
                     width = t.layer.weight.shape[t.layer.in_axis] * t.layer.unit + free
                     # fewer rows than unknowns: keep the rows, solve the small dual system
-                    grams[id(t)] = (_Rows if sum(map(len, t.rows)) < width else _Gram)(width, y.shape[1])
+                    grams[id(t)] = (Rows if sum(map(len, t.rows)) < width else Gram)(width, y.shape[1], DAMP)
                 gram = grams[id(t)]
                 for start in range(0, len(rows), CHUNK_ROWS):
                     xs = np.asarray(t.layer.unfold(x, rows[start : start + CHUNK_ROWS]), np.float32)
@@ -622,7 +484,7 @@ class Reconstructor:
     def _fits_bias(self, layer: LinearLayer) -> int:
         return int(self.fit_bias and layer.can_fit_bias)
 
-    def _refit_one(self, model: ir.Model, t: _Target, gram: _Gram | _Rows) -> dict:
+    def _refit_one(self, model: ir.Model, t: _Target, gram: Gram | Rows) -> dict:
         layer = t.layer
         w_old = layer.weight.numpy()
         before = layer.matrix(w_old.astype(np.float64))
