@@ -47,6 +47,7 @@ import onnx_ir as ir
 import scipy.linalg
 import scipy.linalg.lapack
 
+from . import ridge
 from .channels import Activation, ChannelGroup
 from .pass_api import PassContext
 from .reconstruct import LinearLayer, consumer_layers, iter_capture, one_blas_thread, pick_rows, row_quota
@@ -171,7 +172,8 @@ activation_l2.fallback = lambda group, ctx: fallback("activation_l2", group, ctx
 class _Hessian:
     """The input statistics of one consuming layer, over *units* (columns or input channels).
 
-    While fewer rows than units have been seen the rows themselves are kept (``chunks``) and the
+    Rows are kept (``chunks``) until they are multiplied, a block of ``ridge.block_rows`` at a
+    time. While fewer rows than units have been seen they all stay, and the
     damped inverse's diagonal blocks come from the R×R dual system (:class:`_DualInverse`): a
     deep layer of a ResNet at 112² has a few hundred output positions for D = 2304..4608
     unfolded columns, where XᵀX costs R·D² and its inverse D³.
@@ -183,6 +185,7 @@ class _Hessian:
     h: np.ndarray | None = None
     rows: int = 0
     chunks: list = dataclasses.field(default_factory=list)
+    pending: int = 0  # rows in chunks
     captured: bool = False
 
     @property
@@ -201,7 +204,7 @@ class _Hessian:
             xs = xs.reshape(-1, xs.shape[-1])
             if self.mode == "channel":
                 xs = xs[pick_rows(len(xs), -(-row_quota(self.width) // n_samples), rng)]
-        # float32 products accumulated in float64 (as in reconstruct._Gram.add)
+        # float32 products over blocks of rows, accumulated in float64 (as in ridge.Gram)
         xs = np.asarray(xs, np.float32)
         self.rows += len(xs)
         self.captured = True
@@ -210,11 +213,18 @@ class _Hessian:
             self.h = part if self.h is None else self.h + part
             return
         self.chunks.append(xs)
-        if self.rows >= self.width:  # enough rows: the Gram is the smaller form from now on
-            for chunk in self.chunks:
-                part = (chunk.T @ chunk).astype(np.float64)
-                self.h = part if self.h is None else self.h + part
-            self.chunks = []
+        self.pending += len(xs)
+        # rows kept while fewer than units (the dual form may be the smaller one), then one
+        # product per block of rows
+        if self.rows >= self.width and self.pending >= ridge.block_rows(self.width):
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.chunks:
+            x = self.chunks[0] if len(self.chunks) == 1 else np.concatenate(self.chunks)
+            part = x.T @ x
+            self.h = part.astype(np.float64) if self.h is None else np.add(self.h, part, out=self.h)
+        self.chunks, self.pending = [], 0
 
     def weight_units(self) -> np.ndarray:
         """The weight as [units, F]: each unit's outgoing weights."""
@@ -246,12 +256,11 @@ class _Hessian:
         """The damped inverse Hessian: a dense matrix, or its dual form while rows < units."""
         if self.mode == "diagonal":
             return None
-        if self.chunks:
+        if self.h is None and self.chunks and self.rows < self.width:
             dual = _DualInverse.of(np.concatenate(self.chunks))
             if dual is not None:
                 return dual
-            x = np.concatenate(self.chunks)
-            self.h, self.chunks = (x.T @ x).astype(np.float64), []
+        self._flush()
         h = self.h / max(self.rows, 1)
         lam = DAMP * float(np.diag(h).mean() or 1.0)
         h = h + lam * np.eye(len(h))
@@ -275,12 +284,13 @@ class _DualInverse:
 
     @classmethod
     def of(cls, rows: np.ndarray) -> _DualInverse | None:
-        x = np.asarray(rows, np.float64)
+        x32 = np.asarray(rows, np.float32)
+        x = x32.astype(np.float64)
         r, d = x.shape
         lam = DAMP * float(np.sum(x * x)) / max(r * d, 1)
         if lam <= 0:
             return None  # undamped: singular, left to the dense pseudo-inverse
-        k = x @ x.T
+        k = ridge.kernel(x32)  # float32 product, as the Gram form's
         k[np.diag_indices_from(k)] += lam * r
         try:
             factor = scipy.linalg.cholesky(k, lower=True)

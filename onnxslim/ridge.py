@@ -40,13 +40,12 @@ def damping(damp: float, diag_mean: float, width: int, rows: int) -> float:
 def block_rows(width: int) -> int:
     """Rows buffered before one product: CHUNK_ROWS, but at most 2·width so that the float32
     buffer (rows × width) never outgrows the float64 width × width accumulator it feeds."""
-    return 1
+    return max(1, min(CHUNK_ROWS, 2 * width))
 
 
 def kernel(x32: np.ndarray) -> np.ndarray:
     """``X·Xᵀ`` (float64) of float32 rows from a float32 product, like the Gram's blocks."""
-    x = x32.astype(np.float64)
-    return x @ x.T
+    return (x32 @ x32.T).astype(np.float64)
 
 
 class Gram:
