@@ -137,7 +137,7 @@ class Rows:
         self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.rows = 0
         self.fit_rows = 0
-        self._x = self._x32 = self._y = self._held = self._kernel = None
+        self._x32 = self._y = self._held = self._kernel = None
         self.yy = np.zeros(2)
 
     def add(self, x: np.ndarray, y: np.ndarray, held: np.ndarray) -> None:
@@ -148,17 +148,16 @@ class Rows:
             self.yy[part] += float(np.sum(np.square(y[mask], dtype=np.float64)))
 
     def _stack(self) -> None:
-        if self._x is None:
+        if self._x32 is None:
             self._x32 = np.concatenate([p[0] for p in self.parts])
-            self._x = self._x32.astype(np.float64)
             self._y = np.concatenate([p[1] for p in self.parts]).astype(np.float64)
             self._held = np.concatenate([p[2] for p in self.parts])
             self.parts = []
             self._kernel = kernel(self._x32)  # uncentered, all rows: each solve takes its block
 
-    def _mask(self, parts: Sequence[int]) -> np.ndarray:
+    def _mask(self, parts: Sequence[int]) -> np.ndarray | slice:
         self._stack()
-        return np.ones(self.rows, bool) if list(parts) == [0, 1] else (self._held if list(parts) == [1] else ~self._held)
+        return slice(None) if list(parts) == [0, 1] else (self._held if list(parts) == [1] else ~self._held)
 
     def error(self, w: np.ndarray, part: int) -> float:
         """‖X·W − Y‖ / ‖Y‖ over the part's rows."""
@@ -171,25 +170,26 @@ class Rows:
 
     def solve(self, parts: Sequence[int], prior: np.ndarray, free: int = 0) -> np.ndarray:
         mask = self._mask(parts)
-        x, y = self._x[mask], self._y[mask]
+        x, y = self._x32[mask], self._y[mask]
+        k = self._kernel[np.ix_(mask, mask)] if isinstance(mask, np.ndarray) else self._kernel.copy()
         d = x.shape[1] - free
-        lam = damping(self.damp, float(np.sum(x[:, :d] ** 2)) / max(d, 1), x.shape[1], len(x))
-        k = self._kernel[np.ix_(mask, mask)]
+        # Σ x² over the damped columns: the kernel's trace less the intercept column's ones
+        lam = damping(self.damp, (float(np.trace(k)) - free * len(x)) / max(d, 1), x.shape[1], len(x))
+        xc, yc = x[:, :d], y
         if free:  # the intercept column (ones) is free: center rows and eliminate it
-            x_mean, y_mean = x[:, :d].mean(axis=0), y.mean(axis=0)
-            m = x[:, :d] @ x_mean
+            x_mean, y_mean = xc.mean(axis=0, dtype=np.float64), y.mean(axis=0)
+            m = xc @ x_mean
             # the kernel of the damped columns only, centered: (x−x̄)(x−x̄)ᵀ
-            k = k - free - m[:, None] - m[None, :] + x_mean @ x_mean
-            xc, yc = x[:, :d] - x_mean, y - y_mean
-        else:
-            xc, yc = x, y
-        k = k.copy()
+            k -= free + m[:, None] + m[None, :] - x_mean @ x_mean
+            xc, yc = xc - x_mean.astype(np.float32), y - y_mean
         k[np.diag_indices_from(k)] += lam
+        # float32 products of the (float32) rows, as the Gram form's; the R×R solve in float64
+        rhs = yc - xc @ prior[:d].astype(np.float32)
         try:
-            alpha = scipy.linalg.cho_solve(scipy.linalg.cho_factor(k, lower=True), yc - xc @ prior[:d])
+            alpha = scipy.linalg.cho_solve(scipy.linalg.cho_factor(k, lower=True, overwrite_a=True), rhs)
         except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
-            alpha = np.linalg.lstsq(k, yc - xc @ prior[:d], rcond=None)[0]
-        w = prior[:d] + xc.T @ alpha
+            alpha = np.linalg.lstsq(k, rhs, rcond=None)[0]
+        w = prior[:d] + xc.T @ alpha.astype(np.float32)
         if not free:
             return w
         return np.concatenate([w, (y_mean - x_mean @ w)[None, :]])
