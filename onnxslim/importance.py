@@ -2,8 +2,9 @@
 
 Every criterion has the signature of the table in ``passes/prune.py``,
 ``score(group, ctx, model) -> np.ndarray[group.size]`` (higher = more important), and a
-``prepare(groups, ctx, model)`` attribute: ``prune`` calls it once with every group it will
-score, so all groups' tensors come from ONE calibration run (one onnxruntime session). A score
+``prepare(groups, ctx, model, riders=())`` attribute: ``prune`` calls it once with every group it
+will score, so all groups' tensors come from ONE calibration run (one onnxruntime session), which
+``riders`` share (the reconstruction records the original outputs it needs on the way). A score
 call for a group that was not prepared captures that group alone.
 
 ``activation`` / ``activation_l2``
@@ -101,8 +102,9 @@ def _chosen_activations(group: ChannelGroup, model: ir.Model) -> list[list[Activ
     return [[a for a in usable if a.role == role] for role in _ROLE_ORDER]
 
 
-def prepare_activation(groups: Sequence[ChannelGroup], ctx: PassContext, model: ir.Model) -> None:
-    """Mean |x| and RMS per slot for every group, from one calibration run."""
+def prepare_activation(groups: Sequence[ChannelGroup], ctx: PassContext, model: ir.Model, riders: Sequence = ()) -> None:
+    """Mean |x| and RMS per slot for every group, from one calibration run (which ``riders``
+    share, see :func:`_ride`)."""
     _needs_calibration(ctx, "activation")
     choices = {g: _chosen_activations(g, model) for g in groups}
     wanted: dict[tuple[str, int], ir.Value] = {}
@@ -114,7 +116,7 @@ def prepare_activation(groups: Sequence[ChannelGroup], ctx: PassContext, model: 
     counts: dict[tuple[str, int], int] = {}
     values = list({id(v): v for v in wanted.values()}.values())
     if values:
-        for captured in iter_capture(ctx, model, values):
+        for captured in _ride(iter_capture(ctx, model, values + _rider_values(riders)), riders):
             for (name, axis), _ in wanted.items():
                 x = captured[name].astype(np.float64)
                 other = tuple(i for i in range(x.ndim) if i != axis)
@@ -338,18 +340,21 @@ def _blocks(units: np.ndarray, slots: np.ndarray) -> list[tuple[np.ndarray, np.n
 
 
 @one_blas_thread
-def prepare_obs(groups: Sequence[ChannelGroup], ctx: PassContext, model: ir.Model) -> None:
+def prepare_obs(groups: Sequence[ChannelGroup], ctx: PassContext, model: ir.Model, riders: Sequence = ()) -> None:
     """OBS saliency per slot for every group; consumer inputs captured in as few calibration
-    runs as the Hessian memory budget allows (one for most models)."""
+    runs as the Hessian memory budget allows (one for most models; ``riders`` share the first,
+    see :func:`_ride`)."""
     _needs_calibration(ctx, "obs")
     layers, skipped = consumer_layers(model, groups)
     hessians = [_Hessian(layer, _mode(layer), i) for i, layer in enumerate(layers)]
     batches = _batches(hessians)
     scores = {g: np.zeros(g.size) for g in groups}
     covered = {g: np.zeros(g.size, dtype=bool) for g in groups}
+    riders = list(riders)
     for h in ctx.progress(hessians, "OBS saliency", total=len(hessians)):
         if not h.captured:
-            _accumulate(next(b for b in batches if h in b), ctx, model)
+            _accumulate(next(b for b in batches if h in b), ctx, model, riders)
+            riders = []  # they rode the first run
         hinv, w = h.inverse(), h.weight_units()
         for group in groups:
             for member in group.consumers:
@@ -383,9 +388,10 @@ def _batches(hessians: list[_Hessian]) -> list[list[_Hessian]]:
     return batches
 
 
-def _accumulate(batch: list[_Hessian], ctx: PassContext, model: ir.Model) -> None:
+def _accumulate(batch: list[_Hessian], ctx: PassContext, model: ir.Model, riders: Sequence = ()) -> None:
     n = len(ctx.calibration)
-    for i, captured in enumerate(iter_capture(ctx, model, [h.layer.input for h in batch])):
+    values = [h.layer.input for h in batch] + _rider_values(riders)
+    for i, captured in enumerate(_ride(iter_capture(ctx, model, values), riders)):
         for h in batch:
             h.add(captured[h.layer.input.name], i, n, ctx.seed)
 
@@ -398,6 +404,20 @@ def obs(group: ChannelGroup, ctx: PassContext, model: ir.Model) -> np.ndarray:
 
 
 obs.prepare = prepare_obs  # type: ignore[attr-defined]
+
+
+def _rider_values(riders: Sequence) -> list[ir.Value]:
+    return [v for rider in riders for v in rider.values]
+
+
+def _ride(captures, riders: Sequence):
+    """Riders on a criterion's calibration run over the unchanged model: objects with ``values``
+    (more tensors to fetch) and ``observe(sample, arrays)``, e.g. the reconstruction's record of
+    the original outputs (``reconstruct.OriginalOutputs``), which then needs no run of its own."""
+    for i, captured in enumerate(captures):
+        for rider in riders:
+            rider.observe(i, captured)
+        yield captured
 obs.fallback = lambda group, ctx: fallback("obs", group, ctx)  # type: ignore[attr-defined]
 
 

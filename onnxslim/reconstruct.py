@@ -25,8 +25,10 @@ already carries their corrections (one onnxruntime run per wave; a chain of N la
 each over the part of the graph since the previous wave: ``Calibration.staged``).
 
 Rows (output positions: N·H·W for Conv, all leading dims for Gemm/MatMul) are subsampled per
-layer to ``clip(4·D, MIN_ROWS, MAX_ROWS)`` (D = unfolded input width: 4096..16384 rows), spread
-evenly over the calibration samples with a seeded choice. The original outputs at those rows
+layer to ``clip(4·D, MIN_ROWS, MAX_ROWS)`` (D = the unpruned unfolded input width: 4096..16384
+rows), spread evenly over the calibration samples with a choice seeded by the layer's name: it
+does not depend on the plan, so the criterion's calibration run can record the original outputs
+on the way (``OriginalOutputs``) instead of a second run. The original outputs at those rows
 are held for every layer (float32, rows × kept outputs); the inputs only as Gram statistics
 (XᵀX, XᵀY, ‖Y‖² in float64, fit and held-out) for the layers of the current wave.
 
@@ -45,6 +47,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import zlib
 from collections.abc import Iterator, Mapping, Sequence
 
 import numpy as np
@@ -352,7 +355,6 @@ def iter_capture(ctx: PassContext, model: ir.Model, values: Sequence[ir.Value]) 
 class _Target:
     layer: LinearLayer
     kept_out: np.ndarray  # kept output channels (indices into the original Cout)
-    quota: int  # rows to sample over all calibration samples
     rows: list[np.ndarray]  # chosen output rows, per calibration sample
     y: list[np.ndarray]  # original pre-bias outputs at those rows, kept channels, per sample
 
@@ -392,42 +394,102 @@ def consumer_layers(model: ir.Model, groups: Sequence[ChannelGroup]) -> tuple[li
     return layers, skipped
 
 
+def refit_rows(layer: LinearLayer, n_out_rows: int, n_samples: int, seed: int, sample: int) -> np.ndarray:
+    """The output rows a refit of ``layer`` uses in one calibration sample: ``row_quota`` of the
+    layer's full unfolded width spread over the samples, a choice seeded by the layer's name and
+    the sample. Independent of the plan, so a criterion's calibration run over the unchanged
+    model can record them before the plan exists (:class:`OriginalOutputs`)."""
+    quota = row_quota(layer.weight.shape[layer.in_axis] * layer.unit)
+    rng = np.random.default_rng([seed, zlib.crc32(layer.name.encode()), sample])
+    return pick_rows(n_out_rows, -(-quota // n_samples), rng)
+
+
+class OriginalOutputs:
+    """Layers' outputs in the ORIGINAL model at their refit rows (all output channels), recorded
+    while another calibration run goes over the unchanged model — the criterion's (``obs``,
+    ``activation``: ``prepare(..., riders=[...])``) — so that :meth:`Reconstructor.capture` need
+    not run the whole model again (one onnxruntime pass of 16 images of ResNet-50 at 160²: ~1.4
+    CPU-s). ``values`` are the tensors to fetch; ``observe`` takes each sample's arrays."""
+
+    def __init__(self, layers: Sequence[LinearLayer], ctx: PassContext):
+        self.layers = {id(layer.node): layer for layer in layers}
+        self.values = [layer.output for layer in layers]
+        self.calibration, self.seed = ctx.calibration, ctx.seed
+        self.rows: dict[int, list[np.ndarray]] = {key: [] for key in self.layers}
+        self.y: dict[int, list[np.ndarray]] = {key: [] for key in self.layers}
+
+    def observe(self, sample: int, captured: Mapping[str, np.ndarray]) -> None:
+        n_samples = len(self.calibration)
+        for key, layer in self.layers.items():
+            y = captured[layer.output.name]
+            rows = refit_rows(layer, layer.n_out_rows(y.shape), n_samples, self.seed, sample)
+            self.rows[key].append(rows)
+            self.y[key].append(layer.out_rows(y, rows).astype(np.float32))
+
+    def take(self, layer: LinearLayer, ctx: PassContext) -> tuple[list[np.ndarray], list[np.ndarray]] | None:
+        """(rows, outputs) per sample of a layer recorded on every sample of ``ctx``'s data, or None."""
+        key = id(layer.node)
+        if ctx.calibration is not self.calibration or ctx.seed != self.seed or key not in self.layers:
+            return None
+        del self.layers[key]  # used once: the layer changes after its refit
+        rows, y = self.rows.pop(key), self.y.pop(key)
+        return (rows, y) if len(rows) == len(ctx.calibration) else None
+
+
 class Reconstructor:
     """The ``prune`` reconstruction hook: ``capture`` before removal, ``refit`` after it."""
 
     def __init__(self, fit_bias: bool = True):
         self.fit_bias = fit_bias
 
+    def recorder(self, model: ir.Model, groups: Sequence[ChannelGroup], ctx: PassContext) -> OriginalOutputs:
+        """A rider for the criterion's calibration run: records what ``capture`` would run the
+        model for, for every layer a plan over ``groups`` could refit."""
+        layers, _ = consumer_layers(model, groups)
+        return OriginalOutputs([layer for layer in layers if editable(layer) is None], ctx)
+
     @one_blas_thread
-    def capture(self, model: ir.Model, plan: Mapping[ChannelGroup, np.ndarray], ctx: PassContext) -> _State:
-        """Record each consumer layer's original output (pre-bias, kept channels, sampled rows)."""
+    def capture(
+        self, model: ir.Model, plan: Mapping[ChannelGroup, np.ndarray], ctx: PassContext,
+        recorded: OriginalOutputs | None = None,
+    ) -> _State:  # fmt: skip
+        """Record each consumer layer's original output (pre-bias, kept channels, sampled rows);
+        from ``recorded`` where it holds the layer, else from one calibration run."""
         changed = [g for g, keep in plan.items() if len(keep) < g.size]
         layers, skipped = consumer_layers(model, changed)
-        targets = []
+        targets, missing = [], []
         for layer in layers:
             why = editable(layer)
             if why:
                 skipped.append({"layer": layer.name, "reason": why})
                 continue
-            kept_in = _kept(layer.weight, layer.in_axis, plan)
-            kept_out = _kept(layer.weight, layer.out_axis, plan)
-            targets.append(_Target(layer, kept_out, row_quota(len(kept_in) * layer.unit), [], []))
-        if not targets:
-            return _State([], skipped)
-        n_samples = len(ctx.calibration)
-        outputs = [t.layer.output for t in targets]
-        for i, captured in enumerate(iter_capture(ctx, model, outputs)):
-            for k, t in enumerate(targets):
-                y = captured[t.layer.output.name]
-                rng = np.random.default_rng([ctx.seed, k, i])
-                rows = pick_rows(t.layer.n_out_rows(y.shape), -(-t.quota // n_samples), rng)
-                out = t.layer.out_rows(y, rows)[:, t.kept_out].astype(np.float32)  # float32: held for every layer at once
-                if t.layer.bias is not None and t.layer.bias_in_output:
-                    bias = t.layer.beta * t.layer.bias.numpy().astype(np.float64).reshape(-1)
-                    out -= (bias if bias.size == 1 else bias[t.kept_out]).astype(np.float32)
-                t.rows.append(rows)
-                t.y.append(out)
+            target = _Target(layer, _kept(layer.weight, layer.out_axis, plan), [], [])
+            targets.append(target)
+            found = recorded.take(layer, ctx) if recorded is not None else None
+            if found is None:
+                missing.append(target)
+                continue
+            for rows, y in zip(*found):
+                target.rows.append(rows)
+                target.y.append(self._pre_bias(target, y))
+        if missing:
+            n_samples = len(ctx.calibration)
+            for i, captured in enumerate(iter_capture(ctx, model, [t.layer.output for t in missing])):
+                for t in missing:
+                    y = captured[t.layer.output.name]
+                    rows = refit_rows(t.layer, t.layer.n_out_rows(y.shape), n_samples, ctx.seed, i)
+                    t.rows.append(rows)
+                    t.y.append(self._pre_bias(t, t.layer.out_rows(y, rows)))
         return _State(targets, skipped)
+
+    @staticmethod
+    def _pre_bias(t: _Target, y: np.ndarray) -> np.ndarray:
+        """Kept output channels without the bias, float32 (held for every layer at once)."""
+        out = y[:, t.kept_out].astype(np.float32)
+        if t.layer.bias is not None and t.layer.bias_in_output:
+            bias = t.layer.beta * t.layer.bias.numpy().astype(np.float64).reshape(-1)
+            out -= (bias if bias.size == 1 else bias[t.kept_out]).astype(np.float32)
+        return out
 
     @one_blas_thread
     def refit(self, model: ir.Model, state: _State, ctx: PassContext) -> dict:

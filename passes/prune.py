@@ -14,6 +14,7 @@ from __future__ import annotations
 import dataclasses
 import fnmatch
 import importlib
+import inspect
 from collections.abc import Callable
 from typing import Literal, Optional
 
@@ -164,8 +165,9 @@ class Prune(Pass):
         eligible, skipped = self._eligible(analysis)
         scores = {}
         prepare = getattr(score, "prepare", None)
+        recorded = self._recorder(prepare, model, eligible, ctx)
         if prepare is not None and eligible:  # data-driven: every group's tensors in one calibration run
-            prepare(eligible, ctx, model)
+            prepare(eligible, ctx, model, **({"riders": [recorded]} if recorded is not None else {}))
         for group in ctx.progress(eligible, "scoring groups", total=len(eligible)):
             values = np.asarray(score(group, ctx, model), dtype=np.float64)
             if values.shape != (group.size,):
@@ -206,7 +208,7 @@ class Prune(Pass):
                 notes.append(f"reconstruction: {ready[1]['summary']}")
             return PassResult(True, self._summary(details, "removed"), details, notes + _frozen_notes(analysis))
         refit = self._reconstructor(ctx, notes)
-        state = refit.capture(model, plan, ctx) if refit is not None else None
+        state = refit.capture(model, plan, ctx, recorded=recorded) if refit is not None else None
         analysis.apply(plan)
         if refit is not None:
             details["reconstruction"] = refit.refit(model, state, ctx)
@@ -287,6 +289,17 @@ class Prune(Pass):
             model, analysis, eligible, keep, data, outputs=outputs, reconstruct=refit_copy is not None,
             criterion=criterion_name, refit_copy=refit_copy, options=options, use_cache=use_cache, progress=ctx.progress,
         ), analysis
+
+    def _recorder(self, prepare, model: ir.Model, eligible: list[ChannelGroup], ctx: PassContext):
+        """The reconstruction's record of the original outputs, to ride the criterion's
+        calibration run (one pass over the original model instead of two), or None."""
+        o = self.options
+        if prepare is None or not eligible or o.dry_run or o.target in ("budget", "latency"):
+            return None
+        if "riders" not in inspect.signature(prepare).parameters:
+            return None
+        refit = self._reconstructor(ctx, [])
+        return refit.recorder(model, eligible, ctx) if refit is not None else None
 
     def _reconstructor(self, ctx: PassContext, notes: list[str]):
         """The reconstruction hook: an object with ``capture(model, plan, ctx)`` before removal and

@@ -433,3 +433,83 @@ def test_groups_scored_by_the_weight_l2_fallback_are_reported(criterion):
     calib = Calibration([fx.random_inputs(proto, seed=i) for i in range(2)])
     result = Prune(ratio=0.3, criterion=criterion, reconstruct=False).run(model_io.load(proto), PassContext(calibration=calib))
     assert result.details["fallback"] == [] and "weight l2" not in result.summary
+
+
+# --------------------------------------------------------------------------- one pass over the original model
+
+
+def _counting_runs(monkeypatch) -> list:
+    """Record every whole-model calibration run (the staged refit runs are not counted)."""
+    calls = []
+    original = Calibration.iter_capture
+
+    def counting(self, model, values):
+        calls.append([v.name for v in values])
+        return original(self, model, values)
+
+    monkeypatch.setattr(Calibration, "iter_capture", counting)
+    return calls
+
+
+@pytest.mark.parametrize("criterion", ["obs", "activation"])
+def test_reconstruction_records_the_original_outputs_in_the_criterions_run(monkeypatch, criterion):
+    """The criterion's calibration run over the unchanged model also records the outputs the
+    refit needs: one run over the original model, not two, and the same refit as a capture of
+    its own (the record holds exactly what that capture would hold)."""
+    proto = fx.resnet()
+    calib = Calibration([fx.random_inputs(proto, seed=i) for i in range(6)])
+    calls = _counting_runs(monkeypatch)
+    model = model_io.load(proto)
+    shared = Prune(ratio=0.3, criterion=criterion, reconstruct=True).run(model, PassContext(calibration=calib))
+    assert len(calls) == 1  # the criterion's run; capture needed none
+    # the same pass with a capture of its own (no riders) gives the same refit
+    monkeypatch.setattr(Prune, "_recorder", lambda *args: None)
+    calls.clear()
+    alone = model_io.load(proto)
+    separate = Prune(ratio=0.3, criterion=criterion, reconstruct=True).run(alone, PassContext(calibration=calib))
+    assert len(calls) == 2
+    assert shared.details["reconstruction"]["layers"] == separate.details["reconstruction"]["layers"]
+    test = fx.random_inputs(proto, seed=99)
+    for got, want in zip(run(model, test).values(), run(alone, test).values(), strict=True):
+        np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-5)
+
+
+def test_recorded_outputs_match_a_capture_of_their_own():
+    proto = fx.resnet()
+    calib = Calibration([fx.random_inputs(proto, seed=i) for i in range(3)])
+    ctx = PassContext(calibration=calib)
+    model = model_io.load(proto)
+    analysis = channels.analyze(model)
+    plan = {g: np.arange(g.size - 2) for g in analysis.groups if g.size > 4}
+    refit = reconstruct.Reconstructor()
+    recorder = refit.recorder(model, list(plan), ctx)
+    importance.prepare_obs(list(plan), ctx, model, riders=[recorder])
+    recorded = refit.capture(model, plan, ctx, recorded=recorder)
+    own = refit.capture(model, plan, ctx)
+    assert len(recorded.targets) == len(own.targets) > 3
+    for a, b in zip(recorded.targets, own.targets):
+        assert a.layer.name == b.layer.name
+        for ra, rb, ya, yb in zip(a.rows, b.rows, a.y, b.y, strict=True):
+            np.testing.assert_array_equal(ra, rb)
+            np.testing.assert_allclose(ya, yb, rtol=1e-6, atol=1e-6)
+    # a record is used once, and only for the data it was made on
+    assert all(recorder.take(t.layer, ctx) is None for t in own.targets)
+    other = PassContext(calibration=Calibration(calib.samples[:2]))
+    fresh = refit.recorder(model, list(plan), ctx)
+    importance.prepare_obs(list(plan), ctx, model, riders=[fresh])
+    assert fresh.take(own.targets[0].layer, other) is None
+
+
+def test_refit_rows_do_not_depend_on_the_plan():
+    """The rows are chosen before the plan exists (so the criterion's run can record them)."""
+    proto = fx.resnet()
+    calib = Calibration([fx.random_inputs(proto, seed=i) for i in range(3)])
+    ctx = PassContext(calibration=calib)
+    model = model_io.load(proto)
+    groups = [g for g in channels.analyze(model).groups if g.size > 4]
+    refit = reconstruct.Reconstructor()
+    a = refit.capture(model, {g: np.arange(g.size - 1) for g in groups}, ctx)
+    b = refit.capture(model, {g: np.arange(g.size // 2) for g in groups}, ctx)
+    for ta, tb in zip(a.targets, b.targets, strict=True):
+        for ra, rb in zip(ta.rows, tb.rows, strict=True):
+            np.testing.assert_array_equal(ra, rb)
