@@ -252,6 +252,8 @@ class _Hessian:
             sub = hinv.blocks(blocks)
         else:
             sub = hinv[blocks[:, :, None], blocks[:, None, :]]  # [S, q, q]
+        if blocks.shape[1] == 1:  # one unit per slot (1×1 Conv, Gemm): no q×q systems to solve
+            return np.einsum("sqf,sqf->s", wb, wb) / sub[:, 0, 0]
         return np.einsum("sqf,sqf->s", wb, np.linalg.solve(sub, wb))
 
     def inverse(self):

@@ -469,27 +469,29 @@ class Reconstructor:
             if found is None:
                 missing.append(target)
                 continue
+            bias = self._bias(target)
             for rows, y in zip(*found):
                 target.rows.append(rows)
-                target.y.append(self._pre_bias(target, y))
+                target.y.append(y[:, target.kept_out] - bias)
         if missing:
             n_samples = len(ctx.calibration)
+            biases = [self._bias(t) for t in missing]
             for i, captured in enumerate(iter_capture(ctx, model, [t.layer.output for t in missing])):
-                for t in missing:
+                for t, bias in zip(missing, biases):
                     y = captured[t.layer.output.name]
                     rows = refit_rows(t.layer, t.layer.n_out_rows(y.shape), n_samples, ctx.seed, i)
                     t.rows.append(rows)
-                    t.y.append(self._pre_bias(t, t.layer.out_rows(y, rows)))
+                    t.y.append(t.layer.out_rows(y, rows)[:, t.kept_out].astype(np.float32) - bias)
         return _State(targets, skipped)
 
     @staticmethod
-    def _pre_bias(t: _Target, y: np.ndarray) -> np.ndarray:
-        """Kept output channels without the bias, float32 (held for every layer at once)."""
-        out = y[:, t.kept_out].astype(np.float32)
-        if t.layer.bias is not None and t.layer.bias_in_output:
-            bias = t.layer.beta * t.layer.bias.numpy().astype(np.float64).reshape(-1)
-            out -= (bias if bias.size == 1 else bias[t.kept_out]).astype(np.float32)
-        return out
+    def _bias(t: _Target) -> np.ndarray:
+        """The bias in the captured outputs, per kept output channel (float32: the outputs
+        without it are held for every layer at once)."""
+        if t.layer.bias is None or not t.layer.bias_in_output:
+            return np.zeros(len(t.kept_out), np.float32)
+        bias = t.layer.beta * t.layer.bias.numpy().astype(np.float64).reshape(-1)
+        return (np.broadcast_to(bias, (1,)) if bias.size == 1 else bias[t.kept_out]).astype(np.float32)
 
     @one_blas_thread
     def refit(self, model: ir.Model, state: _State, ctx: PassContext) -> dict:

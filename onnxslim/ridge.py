@@ -178,7 +178,7 @@ class Rows:
         xc, yc = x[:, :d], y
         if free:  # the intercept column (ones) is free: center rows and eliminate it
             x_mean, y_mean = xc.mean(axis=0, dtype=np.float64), y.mean(axis=0)
-            m = xc @ x_mean
+            m = xc @ x_mean.astype(np.float32)
             # the kernel of the damped columns only, centered: (x−x̄)(x−x̄)ᵀ
             k -= free + m[:, None] + m[None, :] - x_mean @ x_mean
             xc, yc = xc - x_mean.astype(np.float32), y - y_mean
