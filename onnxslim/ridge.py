@@ -103,8 +103,7 @@ class Gram:
         ``free`` rows (intercept) are not damped. Fewer rows than MIN_ROWS_PER_UNKNOWN per
         unknown scale the damping up."""
         self._settle()
-        g = self.g[list(parts)].sum(axis=0)
-        c = self.c[list(parts)].sum(axis=0)
+        g, c = self._sum(self.g, parts), self._sum(self.c, parts)
         rows = self.fit_rows if list(parts) == [0] else self.rows
         diag = np.diag(g)[: len(g) - free]
         lam = damping(self.damp, float(diag.mean()) if len(diag) else 0.0, len(g), rows)
@@ -114,11 +113,16 @@ class Gram:
         try:
             return scipy.linalg.solve(g, c, assume_a="pos", overwrite_a=True, overwrite_b=True)
         except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
-            g = self.g[list(parts)].sum(axis=0)
+            g, c = self._sum(self.g, parts), self._sum(self.c, parts)
             g[idx, idx] += lam
-            c = self.c[list(parts)].sum(axis=0)
             c[idx] += lam * prior[idx]
             return np.linalg.lstsq(g, c, rcond=None)[0]
+
+    @staticmethod
+    def _sum(stat: np.ndarray, parts: Sequence[int]) -> np.ndarray:
+        """A new array: the statistic summed over ``parts``."""
+        parts = list(parts)
+        return stat[parts[0]] + stat[parts[1]] if len(parts) == 2 else stat[parts[0]].copy()
 
 
 class Rows:
@@ -137,7 +141,8 @@ class Rows:
         self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.rows = 0
         self.fit_rows = 0
-        self._x32 = self._y = self._held = self._kernel = None
+        self._x32 = self._y = self._kernel = None
+        self._fit = 0
         self.yy = np.zeros(2)
 
     def add(self, x: np.ndarray, y: np.ndarray, held: np.ndarray) -> None:
@@ -149,15 +154,17 @@ class Rows:
 
     def _stack(self) -> None:
         if self._x32 is None:
-            self._x32 = np.concatenate([p[0] for p in self.parts])
-            self._y = np.concatenate([p[1] for p in self.parts]).astype(np.float64)
-            self._held = np.concatenate([p[2] for p in self.parts])
+            held = np.concatenate([p[2] for p in self.parts])
+            order = np.argsort(held, kind="stable")  # fitted rows first: each part is a slice
+            self._x32 = np.concatenate([p[0] for p in self.parts])[order]
+            self._y = np.concatenate([p[1] for p in self.parts]).astype(np.float64)[order]
+            self._fit = int((~held).sum())
             self.parts = []
             self._kernel = kernel(self._x32)  # uncentered, all rows: each solve takes its block
 
-    def _mask(self, parts: Sequence[int]) -> np.ndarray | slice:
+    def _mask(self, parts: Sequence[int]) -> slice:
         self._stack()
-        return slice(None) if list(parts) == [0, 1] else (self._held if list(parts) == [1] else ~self._held)
+        return slice(None) if list(parts) == [0, 1] else (slice(self._fit, None) if list(parts) == [1] else slice(0, self._fit))
 
     def error(self, w: np.ndarray, part: int) -> float:
         """‖X·W − Y‖ / ‖Y‖ over the part's rows."""
@@ -171,16 +178,18 @@ class Rows:
     def solve(self, parts: Sequence[int], prior: np.ndarray, free: int = 0) -> np.ndarray:
         mask = self._mask(parts)
         x, y = self._x32[mask], self._y[mask]
-        k = self._kernel[np.ix_(mask, mask)] if isinstance(mask, np.ndarray) else self._kernel.copy()
+        k = self._kernel[mask, mask].copy()
         d = x.shape[1] - free
         # Σ x² over the damped columns: the kernel's trace less the intercept column's ones
         lam = damping(self.damp, (float(np.trace(k)) - free * len(x)) / max(d, 1), x.shape[1], len(x))
         xc, yc = x[:, :d], y
         if free:  # the intercept column (ones) is free: center rows and eliminate it
             x_mean, y_mean = xc.mean(axis=0, dtype=np.float64), y.mean(axis=0)
-            m = xc @ x_mean.astype(np.float32)
+            m = (xc @ x_mean.astype(np.float32)).astype(np.float64)
             # the kernel of the damped columns only, centered: (x−x̄)(x−x̄)ᵀ
-            k -= free + m[:, None] + m[None, :] - x_mean @ x_mean
+            k -= m[:, None]
+            k -= m[None, :]
+            k += float(x_mean @ x_mean) - free
             xc, yc = xc - x_mean.astype(np.float32), y - y_mean
         k[np.diag_indices_from(k)] += lam
         # float32 products of the (float32) rows, as the Gram form's; the R×R solve in float64
