@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import sys
 from pathlib import Path
 
@@ -178,7 +179,6 @@ def profile_shares(model: onnx.ModelProto, feed: dict, threads: int, runs: int =
     """Share of onnxruntime's node time by kind (dense conv, depthwise conv, reorder, other), from
     its profiler (``runs`` calls after a warm-up)."""
     import json
-    import os
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -227,12 +227,14 @@ def main() -> None:
     parser.add_argument("--clock", choices=("auto", "wall"), default="auto", help="auto: CPU time with 1 thread, wall with more")
     parser.add_argument("--spin", choices=("on", "off"), default="off",
                         help="onnxruntime's idle intra-op threads spin (its default) or sleep (default here: see the docstring)")
+    parser.add_argument("--wall-stat", choices=("median", "p10"), default="median",
+                        help="statistic of wall-clock cells (2 threads): p10 = 10th percentile, the calls the machine's load left alone")
     parser.add_argument("--profile", action="store_true", help="print where onnxruntime's time goes (original and pruned)")
     args = parser.parse_args()
     variants = [_round_to(v) for v in args.variants.split(",")]
     ratios = [float(r) for r in args.ratios.split(",")]
     sizes = {**SIZES, **{k: int(v) for k, v in (s.split("=") for s in args.size)}}
-    print(f"onnxruntime {ort.__version__} CPU; interleaved rounds ({args.rounds}), medians; spinning {args.spin}; "
+    print(f"onnxruntime {ort.__version__} CPU; interleaved rounds ({args.rounds}), medians (wall cells: {args.wall_stat}); spinning {args.spin}; "
           "speed-up = original median / pruned median; eff = latency speed-up / MACs speed-up")
     head = " │ ".join(f"{'MACs×':>6} {'lat×':>6} {'eff':>5}" for _ in variants)
     names = " │ ".join(f"{'round_to=' + str(v):^19}" for v in variants)
@@ -250,14 +252,17 @@ def main() -> None:
                 clock = "cpu" if args.clock == "auto" and threads == 1 else "wall"
                 times = latency.measure([original, *(models[k][0] for k in keys)], feed, rounds=args.rounds, threads=threads, clock=clock,
                                        spinning=args.spin == "on")
-                base = times[0].median
+                stat = (lambda t: t.low) if clock == "wall" and args.wall_stat == "p10" else (lambda t: t.median)
+                base = stat(times[0])
                 for r in ratios:
                     cells = []
                     for v in variants:
                         i = keys.index((r, v))
-                        lat, macs = base / times[1 + i].median, models[(r, v)][1]
+                        lat, macs = base / stat(times[1 + i]), models[(r, v)][1]
                         cells.append(f"{macs:>6.2f} {lat:>6.2f} {lat / macs:>5.2f}")
-                    print(f"{name + '@' + str(size):<16} {r:>5.1f} {batch:>5} {threads:>3} {clock:>5} │ {' │ '.join(cells)}", flush=True)
+                    label = clock if clock == "cpu" or args.wall_stat == "median" else "p10"
+                    print(f"{name + '@' + str(size):<16} {r:>5.1f} {batch:>5} {threads:>3} {label:>5} │ {' │ '.join(cells)}  load {os.getloadavg()[0]:.1f}",
+                          flush=True)
         if args.profile:
             feed = {"input": np.random.default_rng(0).standard_normal((1, 3, size, size), dtype=np.float32)}
             for label, model in [("original", original)] + [(f"r{r} round_to={v}", models[(r, v)][0]) for r in ratios for v in variants]:
