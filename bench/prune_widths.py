@@ -20,8 +20,8 @@ burn the slices the working thread needs, which costs a short (pruned) model rel
 measured on ResNet-18@224 batch 8 at ratio 0.5, eff 0.64 spinning vs 0.83 sleeping, with the
 threads' CPU time at 0.90. On such a machine even interleaved wall medians of two identical models
 differ by up to 0.35 in eff; ``--wall-stat p10`` compares the 10th percentiles instead (the calls
-the load left alone), which brought identical models within 0.02 of each other for ResNet-18 and the
-YOLO-style net (MobileNetV2's 2-thread cells still moved by 0.14). ``--profile`` prints, per model, the share of onnxruntime's node time in
+the load left alone): ResNet-18's three identical models at ratio 0.5 then agreed within 0.02,
+MobileNetV2's two identical ones (``block`` and ``measure`` at 0.5) still differed by up to 0.14. ``--profile`` prints, per model, the share of onnxruntime's node time in
 dense convs, depthwise convs, layout reorders and the rest (from onnxruntime's profiler).
 
 Run: ``python bench/prune_widths.py [--rounds 15] [--models resnet18,mobilenetv2,yolo]
