@@ -40,6 +40,7 @@ call for a group that was not prepared captures that group alone.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import weakref
 from collections.abc import Sequence
 
@@ -102,7 +103,9 @@ def _chosen_activations(group: ChannelGroup, model: ir.Model) -> list[list[Activ
     return [[a for a in usable if a.role == role] for role in _ROLE_ORDER]
 
 
-def prepare_activation(groups: Sequence[ChannelGroup], ctx: PassContext, model: ir.Model, riders: Sequence = ()) -> None:
+def prepare_activation(
+    groups: Sequence[ChannelGroup], ctx: PassContext, model: ir.Model, riders: Sequence = ()
+) -> None:
     """Mean |x| and RMS per slot for every group, from one calibration run (which ``riders``
     share, see :func:`_ride`)."""
     _needs_calibration(ctx, "activation")
@@ -190,7 +193,7 @@ class _Hessian:
     pending: int = 0  # rows in chunks
     captured: bool = False
 
-    @property
+    @functools.cached_property
     def width(self) -> int:
         cin = self.layer.weight.shape[self.layer.in_axis]
         return cin * self.layer.unit if self.mode == "exact" else cin

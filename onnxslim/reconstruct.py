@@ -62,7 +62,7 @@ from .ridge import CHUNK_ROWS, Gram, Rows
 
 #: Ridge damping relative to the mean diagonal of XᵀX.
 DAMP = 1e-2
-#: Rows per layer: 4·D, at least MIN_ROWS and at most MAX_ROWS (D = unfolded input width).
+#: Rows per layer: 4·D, at least MIN_ROWS and at most MAX_ROWS (D = the unpruned unfolded input width).
 MIN_ROWS = 4096
 MAX_ROWS = 16384
 #: One calibration sample in HOLDOUT (one row, with fewer samples) is held out to measure the error.
@@ -394,14 +394,18 @@ def consumer_layers(model: ir.Model, groups: Sequence[ChannelGroup]) -> tuple[li
     return layers, skipped
 
 
-def refit_rows(layer: LinearLayer, n_out_rows: int, n_samples: int, seed: int, sample: int) -> np.ndarray:
-    """The output rows a refit of ``layer`` uses in one calibration sample: ``row_quota`` of the
-    layer's full unfolded width spread over the samples, a choice seeded by the layer's name and
-    the sample. Independent of the plan, so a criterion's calibration run over the unchanged
-    model can record them before the plan exists (:class:`OriginalOutputs`)."""
-    quota = row_quota(layer.weight.shape[layer.in_axis] * layer.unit)
-    rng = np.random.default_rng([seed, zlib.crc32(layer.name.encode()), sample])
-    return pick_rows(n_out_rows, -(-quota // n_samples), rng)
+def refit_quota(layer: LinearLayer) -> tuple[int, int]:
+    """(rows, seed key) of a layer's refit: ``row_quota`` of its full unfolded width, and a key
+    from its name. Independent of the plan, so a criterion's calibration run over the unchanged
+    model can record the rows before the plan exists (:class:`OriginalOutputs`)."""
+    return row_quota(layer.weight.shape[layer.in_axis] * layer.unit), zlib.crc32(layer.name.encode())
+
+
+def refit_rows(quota: tuple[int, int], n_out_rows: int, n_samples: int, seed: int, sample: int) -> np.ndarray:
+    """The output rows a refit uses in one calibration sample: the layer's quota (``refit_quota``)
+    spread over the samples, a choice seeded by the layer and the sample."""
+    rows, key = quota
+    return pick_rows(n_out_rows, -(-rows // n_samples), np.random.default_rng([seed, key, sample]))
 
 
 class OriginalOutputs:
@@ -413,6 +417,7 @@ class OriginalOutputs:
 
     def __init__(self, layers: Sequence[LinearLayer], ctx: PassContext):
         self.layers = {id(layer.node): layer for layer in layers}
+        self.quotas = {id(layer.node): refit_quota(layer) for layer in layers}
         self.values = [layer.output for layer in layers]
         self.calibration, self.seed = ctx.calibration, ctx.seed
         self.rows: dict[int, list[np.ndarray]] = {key: [] for key in self.layers}
@@ -422,7 +427,7 @@ class OriginalOutputs:
         n_samples = len(self.calibration)
         for key, layer in self.layers.items():
             y = captured[layer.output.name]
-            rows = refit_rows(layer, layer.n_out_rows(y.shape), n_samples, self.seed, sample)
+            rows = refit_rows(self.quotas[key], layer.n_out_rows(y.shape), n_samples, self.seed, sample)
             self.rows[key].append(rows)
             self.y[key].append(layer.out_rows(y, rows).astype(np.float32))
 
@@ -476,10 +481,11 @@ class Reconstructor:
         if missing:
             n_samples = len(ctx.calibration)
             biases = [self._bias(t) for t in missing]
+            quotas = [refit_quota(t.layer) for t in missing]
             for i, captured in enumerate(iter_capture(ctx, model, [t.layer.output for t in missing])):
-                for t, bias in zip(missing, biases):
+                for t, bias, quota in zip(missing, biases, quotas):
                     y = captured[t.layer.output.name]
-                    rows = refit_rows(t.layer, t.layer.n_out_rows(y.shape), n_samples, ctx.seed, i)
+                    rows = refit_rows(quota, t.layer.n_out_rows(y.shape), n_samples, ctx.seed, i)
                     t.rows.append(rows)
                     t.y.append(t.layer.out_rows(y, rows)[:, t.kept_out].astype(np.float32) - bias)
         return _State(targets, skipped)
@@ -523,7 +529,9 @@ class Reconstructor:
         report["summary"] = _summary(report)
         return report
 
-    def _accumulate(self, captures: Iterator[dict[str, np.ndarray]], wave: list[_Target], ctx: PassContext) -> dict[int, Gram | Rows]:
+    def _accumulate(
+        self, captures: Iterator[dict[str, np.ndarray]], wave: list[_Target], ctx: PassContext
+    ) -> dict[int, Gram | Rows]:
         """One calibration run over the pruned model (``captures``: the wave's layer inputs per
         sample): Gram statistics of the wave's layers."""
         grams: dict[int, Gram | Rows] = {}

@@ -164,7 +164,9 @@ class Rows:
 
     def _mask(self, parts: Sequence[int]) -> slice:
         self._stack()
-        return slice(None) if list(parts) == [0, 1] else (slice(self._fit, None) if list(parts) == [1] else slice(0, self._fit))
+        if list(parts) == [0, 1]:
+            return slice(None)
+        return slice(self._fit, None) if list(parts) == [1] else slice(0, self._fit)
 
     def error(self, w: np.ndarray, part: int) -> float:
         """‖X·W − Y‖ / ‖Y‖ over the part's rows."""
