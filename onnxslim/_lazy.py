@@ -8,7 +8,9 @@ touches the module and triggers it.)
 The same for onnxscript, of which ``simplify`` uses the optimizer and rewriter only: its
 ``__init__`` imports the script converter and every opset module (about half of its import
 time). :func:`defer_package` lets its submodules import without it and runs it on first use
-of one of its own attributes."""
+of one of its own attributes. Its folder imports ``onnx.reference.ops`` (every reference op
+implementation) for the few nodes its own evaluators lack, which most models have none of:
+:func:`defer_submodule` imports it on first use."""
 
 from __future__ import annotations
 
@@ -78,3 +80,19 @@ def defer_package(name: str) -> None:
     module.__loader__ = spec.loader
     module.__package__ = name
     sys.modules[name] = module
+
+
+def defer_submodule(name: str) -> None:
+    """:func:`defer` for a submodule whose package is imported (or cheap to import): the stand-in
+    is also the package's attribute, as an import would have made it."""
+    if name in sys.modules:
+        return
+    parent, _, child = name.rpartition(".")
+    package = importlib.import_module(parent)
+    if child in package.__dict__:
+        return
+    spec = importlib.util.find_spec(name)
+    if spec is None:
+        return
+    defer(name, spec)
+    setattr(package, child, sys.modules[name])

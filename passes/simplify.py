@@ -80,9 +80,10 @@ class Simplify(Pass):
 def _simplify(model: ir.Model, options: Simplify.Options, skipped: dict[str, str], inferred=None) -> None:
     """Simplify in place; a folder or rule that raises on a node is recorded in ``skipped``
     (where → why) and that node left alone."""
-    from onnxslim._lazy import defer_package
+    from onnxslim._lazy import defer_package, defer_submodule
 
     defer_package("onnxscript")  # its optimizer and rewriter, not its script converter
+    defer_submodule("onnx.reference.ops")  # imported by the folder, used only for some ops
     from onnxscript import rewriter
     from onnxscript.optimizer import _constant_folding
 
