@@ -67,9 +67,11 @@ class _DeferredPackage(types.ModuleType):
 
 def defer_package(name: str) -> None:
     """Import package ``name`` without running its ``__init__`` until one of its own attributes
-    is used (see :class:`_DeferredPackage`); nothing to do if it is imported already."""
+    is used (see :class:`_DeferredPackage`); nothing to do if it is imported already. A
+    subpackage becomes its (imported) parent's attribute, as an import would have made it."""
     if name in sys.modules:
         return
+    parent, _, child = name.rpartition(".")
     spec = importlib.util.find_spec(name)
     if spec is None or spec.submodule_search_locations is None:
         return
@@ -80,6 +82,8 @@ def defer_package(name: str) -> None:
     module.__loader__ = spec.loader
     module.__package__ = name
     sys.modules[name] = module
+    if parent:
+        setattr(importlib.import_module(parent), child, module)
 
 
 def defer_submodule(name: str) -> None:
@@ -89,7 +93,7 @@ def defer_submodule(name: str) -> None:
         return
     parent, _, child = name.rpartition(".")
     package = importlib.import_module(parent)
-    if child in package.__dict__:
+    if child in vars(package):
         return
     spec = importlib.util.find_spec(name)
     if spec is None:

@@ -83,7 +83,8 @@ def _simplify(model: ir.Model, options: Simplify.Options, skipped: dict[str, str
     from onnxslim._lazy import defer_package, defer_submodule
 
     defer_package("onnxscript")  # its optimizer and rewriter, not its script converter
-    defer_submodule("onnx.reference.ops")  # imported by the folder, used only for some ops
+    defer_package("onnx.reference")  # the folder imports its op implementations ...
+    defer_submodule("onnx.reference.ops")  # ... and uses them only for some ops
     from onnxscript import rewriter
     from onnxscript.optimizer import _constant_folding
 
