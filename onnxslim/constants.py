@@ -18,6 +18,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
 import numpy as np
+import onnx
 import onnx_ir as ir
 
 Storage = Literal["initializer", "constant_node", "dequantized"]
@@ -414,6 +415,18 @@ def weight_bytes(model: ir.Model) -> int:
                     if attr.type == ir.AttributeType.TENSOR:
                         total += tensor_nbytes(attr.value)  # .value: as_tensor()'s Protocol check is slow
     return total
+
+
+def all_proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
+    """A serialised graph and every subgraph at any depth, outermost first (depth-first)."""
+    yield graph
+    for node in graph.node:
+        for attr in node.attribute:
+            if attr.type == onnx.AttributeProto.GRAPH:
+                yield from all_proto_graphs(attr.g)
+            elif attr.type == onnx.AttributeProto.GRAPHS:
+                for sub in attr.graphs:
+                    yield from all_proto_graphs(sub)
 
 
 def all_graphs(model: ir.Model) -> Iterator[ir.Graph]:

@@ -28,7 +28,7 @@ import onnx_ir as ir
 from google.protobuf.message import DecodeError
 
 from . import wire
-from .constants import SPARSE_FORMAT_KEY, all_graphs, release_mapping, weight_bytes
+from .constants import SPARSE_FORMAT_KEY, all_graphs, all_proto_graphs, release_mapping, weight_bytes
 from .errors import ModelError, UsageError, did_you_mean
 
 #: onnxruntime 1.31 refuses IR version 14 (onnx 1.23's default); never write more than this.
@@ -367,21 +367,6 @@ def _parse(data: bytes, where: str) -> onnx.ModelProto:
     return proto
 
 
-def _subgraphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    for node in graph.node:
-        for attr in node.attribute:
-            if attr.type == onnx.AttributeProto.GRAPH:
-                yield attr.g
-            elif attr.type == onnx.AttributeProto.GRAPHS:
-                yield from attr.graphs
-
-
-def _all_proto_graphs(graph: onnx.GraphProto) -> Iterator[onnx.GraphProto]:
-    yield graph
-    for sub in _subgraphs(graph):
-        yield from _all_proto_graphs(sub)
-
-
 def _check_structure(proto: onnx.ModelProto, where: str) -> None:
     """Every node input must name something defined (dangling inputs are a common corruption)."""
 
@@ -425,7 +410,7 @@ def _names(graph: onnx.GraphProto) -> Iterator[str | bytes]:
 
 
 def _external_tensors(proto: onnx.ModelProto) -> Iterator[onnx.TensorProto]:
-    for graph in _all_proto_graphs(proto.graph):
+    for graph in all_proto_graphs(proto.graph):
         yield from graph.initializer
         for node in graph.node:
             for attr in node.attribute:
@@ -502,7 +487,7 @@ def _sparse_to_dense(sparse: onnx.SparseTensorProto) -> onnx.TensorProto:
 
 def _densify_sparse_initializers(proto: onnx.ModelProto) -> set[str]:
     names = set()
-    for graph in _all_proto_graphs(proto.graph):
+    for graph in all_proto_graphs(proto.graph):
         for sparse in graph.sparse_initializer:
             graph.initializer.append(_sparse_to_dense(sparse))
             names.add(sparse.values.name)
@@ -522,7 +507,7 @@ def dense_to_coo(tensor: onnx.TensorProto) -> onnx.SparseTensorProto:
 
 
 def _restore_sparse_initializers(proto: onnx.ModelProto, names: set[str]) -> None:
-    for graph in _all_proto_graphs(proto.graph):
+    for graph in all_proto_graphs(proto.graph):
         keep = []
         for tensor in graph.initializer:
             if tensor.name in names:
@@ -561,7 +546,7 @@ def to_proto(model: ir.Model) -> onnx.ModelProto:
 
 def _drop_initializer_value_info(proto: onnx.ModelProto) -> None:
     """onnx-ir writes a value_info per initializer; the tensor already says it, so drop them."""
-    for graph in _all_proto_graphs(proto.graph):
+    for graph in all_proto_graphs(proto.graph):
         inits = {t.name for t in graph.initializer} | {s.values.name for s in graph.sparse_initializer}
         inputs = {i.name for i in graph.input}
         keep = [vi for vi in graph.value_info if vi.name not in inits or vi.name in inputs]

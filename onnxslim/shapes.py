@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping, Sequence
 import onnx
 import onnx_ir as ir
 
-from .constants import all_graphs, iter_nodes
+from .constants import all_graphs, all_proto_graphs, iter_nodes
 
 #: Initializers above this size are sent to onnx's C++ inference as typed inputs, not data.
 _SKELETON_LIMIT_BYTES = 1024
@@ -161,19 +161,9 @@ def refresh_shapes(model: ir.Model) -> None:
 def merge_shapes(model: ir.Model, proto: onnx.ModelProto) -> None:
     """Copy inferred shapes and types from ``proto`` onto the model's values of the same name."""
     inferred: dict[str, onnx.ValueInfoProto] = {}
-
-    def collect(graph: onnx.GraphProto) -> None:
+    for graph in all_proto_graphs(proto.graph):
         for vi in list(graph.value_info) + list(graph.output):
             inferred[vi.name] = vi
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    collect(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for g in attr.graphs:
-                        collect(g)
-
-    collect(proto.graph)
     declared_outputs = {id(v) for graph in all_graphs(model) for v in graph.outputs if v.shape is not None}
     for node in iter_nodes(model):
         for out in node.outputs:
@@ -227,20 +217,11 @@ def shapes_in(proto: onnx.ModelProto, *, symbolic: bool = False) -> dict[str, tu
             return d.dim_value
         return (d.dim_param or None) if symbolic else None
 
-    def collect(graph: onnx.GraphProto) -> None:
+    for graph in all_proto_graphs(proto.graph):
         for vi in list(graph.input) + list(graph.value_info) + list(graph.output):
             tt = vi.type.tensor_type
             if tt.HasField("shape"):
                 shapes[vi.name] = tuple(dim(d) for d in tt.shape.dim)
         for init in graph.initializer:
             shapes[init.name] = tuple(init.dims)
-        for node in graph.node:
-            for attr in node.attribute:
-                if attr.type == onnx.AttributeProto.GRAPH:
-                    collect(attr.g)
-                elif attr.type == onnx.AttributeProto.GRAPHS:
-                    for g in attr.graphs:
-                        collect(g)
-
-    collect(proto.graph)
     return shapes

@@ -30,3 +30,12 @@ def test_speedup_of_a_model_against_itself_is_near_one():
     ratio = latency.speedup(model, model, feeds, rounds=10)
     assert np.isfinite(ratio) and 0.2 < ratio < 5
     assert latency.measure([], feeds) == []
+
+
+def test_low_is_the_tenth_percentile_of_the_calls():
+    samples = [0.010, 0.001, 0.002, 0.003, 0.004, 0.005, 0.006, 0.007, 0.008, 0.009, 0.100]
+    t = latency._timing(samples)
+    assert t.low == np.percentile(samples, 10) and t.low < t.median == 0.006
+    model = model_io.load(MODEL)
+    (measured,) = latency.measure([model], inputs.random_samples(model, 1, 0)[0], rounds=6, warmup=1)
+    assert 0 < measured.low <= measured.median

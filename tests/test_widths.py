@@ -38,6 +38,40 @@ def test_window_never_removes_more_than_a_step_beyond_the_request():
         assert min(found) >= keep - step and max(found) <= size
 
 
+def test_blocked_windows_time_only_whole_blocks_from_one_block_up():
+    # conv layers run in NCHWc blocks: 140 of 192 is padded to 144 and costs what 144 costs
+    assert widths.window(192, 135, 16, 16, blocked=True) == [128, 144]
+    assert widths.window(144, 101, 16, 16, blocked=True) == [96, 112]
+    assert widths.window(32, 23, 8, 16, blocked=True) == [16, 32]
+    assert widths.window(24, 12, 4, 16, blocked=True) == [8, 12, 16]  # below a block: other kernels, timed
+    assert widths.window(20, 19, 16, 16, blocked=True) == [4, 8, 12, 16, 20]  # the group's size stays a candidate
+    assert widths.window(192, 135, 16, 16) == [120, 124, 128, 132, 136, 140, 144]
+    assert widths.window(192, 135, 16, 1, blocked=True) == [120, 124, 128, 132, 136, 140, 144]  # no blocks, no blocking
+
+
+def test_measured_conv_widths_are_whole_blocks_whatever_the_noise(monkeypatch):
+    block = 16
+    monkeypatch.setattr(widths, "channel_block", lambda: block)
+    monkeypatch.setattr(widths, "nchwc_block", lambda: block)
+
+    def record(models, feeds, **kwargs):  # every candidate but the widest "measured" faster: noise
+        return [Timing(1.0 if i < len(models) - 1 else 2.0, 0.0, 5) for i in range(len(models))]
+
+    monkeypatch.setattr(widths.latency, "measure", record)
+    model = model_io.load(fx.mobilenetv2(image_size=32))
+    analysis = channels.analyze(model)
+    kinds = {g.name: widths._all_convs(g) for g in analysis.groups}
+    assert any(kinds.values()) and not all(kinds.values())  # the group feeding the Gemm is not blocked
+    result = Prune(ratio=0.3, round_to="measure", criterion="l2").run(model, PassContext())
+    entries = [e for e in result.details["widths"] if e["times_ms"]]
+    assert entries
+    for e in entries:
+        candidates = [int(w) for w in e["times_ms"]]
+        if kinds[e["group"]]:
+            assert all(w < block or w % block == 0 or w == e["size"] for w in candidates), e
+            assert e["chosen"] < block or e["chosen"] % block == 0 or e["chosen"] == e["size"]
+
+
 def test_choose_keeps_the_staircase_width_nearest_the_request():
     stairs = {48: 6.0, 52: 11.0, 56: 11.0, 60: 11.1, 64: 11.0}  # measured shape: NCHWc blocks of 16
     assert widths.choose(stairs, 52) == 48  # 48 is 4 away, 64 is 12 away
@@ -149,9 +183,19 @@ def test_block_rounds_to_the_nchwc_block():
     model = model_io.load(fx.mobilenetv2())
     result = Prune(ratio=0.3, round_to="block", criterion="l2").run(model, PassContext())
     block = widths.channel_block()
+    assert result.details["pruned"]
     for p in result.details["pruned"]:
-        step = min(block, 1 << max(int(p["before"] // 4).bit_length() - 1, 0))
+        # a group of at least one block keeps whole blocks (a narrower width is padded back to
+        # one, and below one onnxruntime leaves its NCHWc kernels); smaller groups keep the cap
+        step = block if p["before"] >= block else min(block, 1 << max(int(p["before"] // 4).bit_length() - 1, 0))
         assert p["after"] % step == 0 or p["after"] == p["before"]
+    model = model_io.load(fx.mobilenetv2())
+    sizes = {g.name: g.size for g in channels.analyze(model).groups}
+    result = Prune(ratio=0.5, round_to="block", criterion="l2").run(model, PassContext())
+    kept = {p["group"]: p["after"] for p in result.details["pruned"]}
+    for name, size in sizes.items():
+        if size >= block:  # 16 channels at ratio 0.5: 8 would be padded to 16 anyway; stays whole
+            assert kept.get(name, size) == min(size, -(-(size - size // 2) // block) * block)
 
 
 @pytest.mark.parametrize("options", [{"round_to": "fastest"}, {"round_to": "measure", "threads": 0}])
