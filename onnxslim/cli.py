@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import errno
+import gc
 import logging
 import os
 import signal
@@ -316,6 +317,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     in_main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, terminated) if in_main_thread else None
     logging_disabled = logging.root.manager.disable  # --quiet silences library logs for this run only
+    # Everything alive now (imported modules, mostly) outlives the run: the garbage collector's
+    # full collections need not walk it again (they did, twice per run: ~5% of a default run's
+    # CPU on a small model). Unfrozen afterwards, so a caller's garbage is collected as usual.
+    gc.freeze()
     try:
         with command_line():  # errors name flags (--in-place), not API arguments (in_place=True)
             return run(argv)
@@ -339,10 +344,20 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"onnxslim: internal error: {type(exc).__name__}: {exc} (rerun with --debug)", file=sys.stderr)
         return 1
     finally:
+        gc.unfreeze()
         logging.disable(logging_disabled)
         if in_main_thread:
             signal.signal(signal.SIGTERM, previous)
 
 
+def console() -> int:
+    """The ``onnxslim`` command and ``python -m onnxslim``: :func:`main`, after which the process
+    exits. What is still alive is frozen first: CPython's collections at shutdown would walk
+    every imported module's objects once more (~0.1 CPU-s of a run on a small model)."""
+    code = main()
+    gc.freeze()
+    return code
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
+import math
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Literal
 
@@ -84,6 +86,9 @@ class _Part:
 
 
 _IR_TENSORS = (ir.Tensor, ir.ExternalTensor, ir.StringTensor, ir.LazyTensor, ir.PackedTensor, ir.serde.TensorProtoTensor)
+#: type -> whether it is one of onnx-ir's own tensor classes. Even ``isinstance`` with those goes
+#: through typing's Protocol check (they all derive from ``TensorProtocol``): asked once per type.
+_IS_IR_TENSOR: dict[type, bool] = {}
 
 
 def _attr_tensor(attr: ir.Attr):
@@ -91,9 +96,28 @@ def _attr_tensor(attr: ir.Attr):
     Protocol (slow ``isinstance``: a tenth of a run on Constant-heavy models); onnx-ir's own
     tensor classes need no check."""
     value = attr.value
-    if attr.type == ir.AttributeType.TENSOR and isinstance(value, _IR_TENSORS):
-        return value
+    if attr.type == ir.AttributeType.TENSOR:
+        kind = type(value)
+        known = _IS_IR_TENSOR.get(kind)
+        if known is None:
+            known = _IS_IR_TENSOR[kind] = issubclass(kind, _IR_TENSORS)
+        if known:
+            return value
     return attr.as_tensor()
+
+
+def tensor_nbytes(tensor: ir.TensorProtocol) -> int:
+    """``tensor.nbytes``. A tensor still held as its proto (Constant nodes as loaded) is sized
+    from the proto's dims: onnx-ir builds a new Shape and DataType on every access to them."""
+    if type(tensor) is ir.serde.TensorProtoTensor:
+        proto = tensor.raw
+        return math.ceil(_itemsize(proto.data_type) * math.prod(proto.dims))
+    return int(tensor.nbytes)
+
+
+@functools.lru_cache(maxsize=None)
+def _itemsize(data_type: int) -> float:
+    return ir.DataType(data_type).itemsize
 
 
 def _constant_node_array(node: ir.Node) -> np.ndarray:
@@ -273,10 +297,10 @@ def _part_shape(part: _Part) -> tuple[int, ...]:
 
 def _part_nbytes(part: _Part) -> int:
     if part.node is None:
-        return int(part.value.const_value.nbytes)
+        return tensor_nbytes(part.value.const_value)
     attr = next(iter(part.node.attributes.values()))
     if attr.name == "value":
-        return int(_attr_tensor(attr).nbytes)
+        return tensor_nbytes(_attr_tensor(attr))
     return int(_constant_node_array(part.node).nbytes)
 
 
@@ -384,12 +408,12 @@ def weight_bytes(model: ir.Model) -> int:
     for graph in all_graphs(model):
         for init in graph.initializers.values():
             if init.const_value is not None:
-                total += int(init.const_value.nbytes)
+                total += tensor_nbytes(init.const_value)
         for node in graph:
             if node.op_type == "Constant" and node.domain in ("", "ai.onnx"):
                 for attr in node.attributes.values():
                     if attr.type == ir.AttributeType.TENSOR:
-                        total += int(attr.value.nbytes)  # .value: as_tensor()'s Protocol check is slow
+                        total += tensor_nbytes(attr.value)  # .value: as_tensor()'s Protocol check is slow
     return total
 
 

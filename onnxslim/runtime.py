@@ -45,15 +45,17 @@ def session(
     extra_outputs: Sequence[ir.Value] = (),
     threads: int = 0,
     profile: str | None = None,
-    spinning: bool = True,
+    spinning: bool = False,
 ) -> Iterator[ort.InferenceSession]:
     """A CPU session for ``model``; ``extra_outputs`` are exposed as additional outputs.
     ``profile``: a file prefix for onnxruntime's profiler (every kernel run, subgraphs included;
     ``end_profiling()`` returns the file).
 
-    ``spinning=False`` stops idle intra-op threads from busy-waiting between runs (calibration
-    runs alternate with numpy work: spinning cost ~2 of 7 CPU-s of obs+reconstruction on a
-    ResNet-18 graph on a loaded machine, for no wall-clock gain).
+    ``spinning=False`` (the default) stops idle intra-op threads from busy-waiting between runs
+    (onnxruntime's own default spins): calibration runs alternate with numpy work, where spinning
+    cost ~2 of 7 CPU-s of obs+reconstruction on a ResNet-18 graph on a loaded machine, and a
+    validation session's spinning thread a third of its CPU (PP-OCR det), for no wall-clock
+    gain; latency measurements ask for it explicitly.
 
     Models with more than :data:`_IN_MEMORY_LIMIT_BYTES` of weights share their weight arrays
     with onnxruntime (:func:`_create_sharing_weights`), or else go through a temporary file with
@@ -96,8 +98,12 @@ def session(
 _DECODE_GROUP_BYTES = 32 * 2**20
 
 
-def check_loads(model: ir.Model, level: str = "default") -> None:
+def check_loads(model: ir.Model | onnx.ModelProto, level: str = "default") -> None:
     """Raise :class:`ModelError` unless onnxruntime loads ``model`` at ``level``.
+
+    The session only loads, it never runs: it gets one thread (a pool of intra-op threads
+    costs more CPU to start than loading a small model; the graph transformations do not
+    depend on it).
 
     onnxruntime folds every CSR decode (:mod:`sparse_codec`) at load, all of them in one pass:
     on a BERT-base-shaped model at 90% sparsity that peaked at 2.7x the dense weights. Above
@@ -106,10 +112,13 @@ def check_loads(model: ir.Model, level: str = "default") -> None:
     then loaded with the tensors they fold to as its (shared) initializers: the graph
     onnxruntime's folding leaves, at the memory of the dense weights.
     """
+    if isinstance(model, onnx.ModelProto):
+        with session(model, level, threads=1):
+            return
     decodes = [d for d in sparse_codec.find_decodes(model) if d.graph is model.graph]
     sizes = _dense_bytes(decodes) if decodes and not loads_in_memory(model) else None
     if sizes is None:
-        with session(model, level):
+        with session(model, level, threads=1):
             return
     dense = model.clone()  # tensors shared; its decodes are replaced, the model's are not
     wanted = {d.output.name for d in decodes}
@@ -124,7 +133,7 @@ def check_loads(model: ir.Model, level: str = "default") -> None:
                 sparse_codec.replace_with_dense(replace[name], array)
             group, group_bytes = [], 0
             model_io.trim_heap()  # the fold's transients, between the arrays kept
-    with session(dense, level):
+    with session(dense, level, threads=1):
         pass
 
 

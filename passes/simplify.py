@@ -80,6 +80,11 @@ class Simplify(Pass):
 def _simplify(model: ir.Model, options: Simplify.Options, skipped: dict[str, str], inferred=None) -> None:
     """Simplify in place; a folder or rule that raises on a node is recorded in ``skipped``
     (where → why) and that node left alone."""
+    from onnxslim._lazy import defer_package, defer_submodule
+
+    defer_package("onnxscript")  # its optimizer and rewriter, not its script converter
+    defer_package("onnx.reference")  # the folder imports its op implementations ...
+    defer_submodule("onnx.reference.ops")  # ... and uses them only for some ops
     from onnxscript import rewriter
     from onnxscript.optimizer import _constant_folding
 

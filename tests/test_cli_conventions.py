@@ -186,3 +186,23 @@ def test_did_you_mean_for_names_in_the_model_and_the_recipe(tmp_path, model, cap
     recipe.write_text('[[pass]]\nname = "prune"\nratoi = 0.3\n')
     code, _, err = _cli([model, out, "--recipe", recipe], capsys)
     assert code == 2 and "has no option 'ratoi' (did you mean 'ratio'?)" in err
+
+
+def test_the_command_exits_without_walking_the_heap_again(monkeypatch, capsys):
+    """`onnxslim` and `python -m onnxslim` run cli.console: main's exit code, with what is still
+    alive frozen for the interpreter's shutdown (its collections would walk every module again);
+    main alone leaves the collector as it found it."""
+    import gc
+
+    from onnxslim import cli
+
+    monkeypatch.setattr(sys, "argv", ["onnxslim", "passes", "simplify"])
+    assert gc.get_freeze_count() == 0
+    assert cli.main() == 0
+    assert gc.get_freeze_count() == 0
+    try:
+        assert cli.console() == 0
+        assert gc.get_freeze_count() > 0
+    finally:
+        gc.unfreeze()
+    assert "simplify" in capsys.readouterr().out

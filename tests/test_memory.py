@@ -57,7 +57,8 @@ def test_external_weights_map_only_their_own_bytes_and_read_like_onnx(tmp_path):
         assert array.nbytes <= len(tensor.raw) < size  # its own range (page-aligned), not the file
 
 
-def test_inline_file_weights_are_lazy_ranges_too(tmp_path):
+def test_inline_file_weights_are_lazy_ranges_too(tmp_path, monkeypatch):
+    monkeypatch.setattr(model_io, "LAZY_PARSE_ABOVE_BYTES", 0)  # as a file above it is read
     proto = _matmul_chain()
     path = tmp_path / "m.onnx"
     onnx.save(proto, path)
@@ -90,6 +91,21 @@ def test_replacing_a_weight_unmaps_the_old_one_which_stays_readable_for_rollback
     constants.set_tensor(model.graph.initializers["w0"], np.zeros_like(before))
     assert old.raw is None  # unmapped by the replacement
     np.testing.assert_array_equal(snapshot.graph.initializers["w0"].const_value.numpy(), before)
+
+
+def test_small_files_are_parsed_whole(tmp_path, monkeypatch):
+    """Below LAZY_PARSE_ABOVE_BYTES the file is parsed in one go (weights in memory, nothing
+    mapped), above it the weights stay in the file: the same model either way."""
+    proto = _matmul_chain()
+    path = tmp_path / "m.onnx"
+    onnx.save(proto, path)
+    whole = model_io.load(path)
+    assert not any(isinstance(v.const_value, ir.ExternalTensor) for v in whole.graph.initializers.values())
+    monkeypatch.setattr(model_io, "LAZY_PARSE_ABOVE_BYTES", path.stat().st_size - 1)
+    lazy = model_io.load(path)
+    assert any(isinstance(v.const_value, ir.ExternalTensor) for v in lazy.graph.initializers.values())
+    for name, value in whole.graph.initializers.items():
+        np.testing.assert_array_equal(value.const_value.numpy(), lazy.graph.initializers[name].const_value.numpy())
 
 
 def test_release_memory_leaves_small_models_alone(tmp_path):
