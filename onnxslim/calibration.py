@@ -35,8 +35,9 @@ class Calibration:
         values = _unique(values)
         feeds_only = {v.name for v in values if v.is_graph_input()}
         computed = [v for v in values if v.name not in feeds_only]
-        _ensure_types(computed)
-        with runtime.session(model, "basic", extra_outputs=computed, spinning=False) as sess:
+        with typed_for_capture(model, computed), runtime.session(
+            model, "basic", extra_outputs=computed, spinning=False
+        ) as sess:
             for sample in self.samples:
                 out = runtime.run(sess, sample, [v.name for v in computed]) if computed else {}
                 for name in feeds_only:
@@ -76,13 +77,32 @@ def _unique(values: Sequence[ir.Value]) -> list[ir.Value]:
     return out
 
 
-def _ensure_types(values: Sequence[ir.Value]) -> None:
-    """Graph outputs need an element type; fill missing ones from the producer's inputs."""
-    for value in values:
-        if value.dtype is None:
-            node = value.producer()
-            dtypes = [i.dtype for i in node.inputs if i is not None and i.dtype is not None] if node else []
-            value.dtype = dtypes[0] if dtypes else ir.DataType.FLOAT
+@contextlib.contextmanager
+def typed_for_capture(model: ir.Model, values: Sequence[ir.Value], dtypes: dict[str, int] | None = None):
+    """Captured values become graph outputs, which need an element type; a model without
+    value_info has none on intermediate values (and guessing from a node's first input gets
+    Reshape and Cast wrong). Untyped ones get onnx inference's type (activations: float), or
+    ``dtypes``' (value name → element type) when given, for the block only: the model's own
+    annotations are left as they were."""
+    untyped = [v for v in values if v.dtype is None]
+    if untyped and dtypes is None:
+        dtypes = inferred_dtypes(model)
+    for value in untyped:
+        value.dtype = ir.DataType(dtypes.get(value.name) or ir.DataType.FLOAT)
+    try:
+        yield
+    finally:
+        for value in untyped:
+            value.type = None
+
+
+def inferred_dtypes(model: ir.Model) -> dict[str, int]:
+    """Element type of every value onnx inference types (value name → TensorProto type)."""
+    try:
+        proto = shapes.infer(model, strict=False)
+    except shapes.ShapeInferenceError:
+        return {}
+    return {vi.name: vi.type.tensor_type.elem_type for vi in proto.graph.value_info}
 
 
 # --------------------------------------------------------------------------- staged capture
@@ -253,23 +273,14 @@ class StagedCapture:
         if value.dtype is not None:
             return int(value.dtype)
         if self._dtypes is None:
-            try:
-                proto = shapes.infer(self.model, strict=False)
-                self._dtypes = {vi.name: vi.type.tensor_type.elem_type for vi in proto.graph.value_info}
-            except shapes.ShapeInferenceError:
-                self._dtypes = {}
+            self._dtypes = inferred_dtypes(self.model)
         return self._dtypes.get(value.name) or int(ir.DataType.FLOAT)
 
     def _whole(self, values: Sequence[ir.Value]) -> Iterator[dict[str, np.ndarray]]:
-        """Whole-model runs; values without an element type get one for the run only."""
+        """Whole-model runs (value types inferred once per staged capture: only weights change)."""
         untyped = [v for v in values if v.dtype is None and not v.is_graph_input()]
-        for value in untyped:
-            value.dtype = ir.DataType(self._dtype(value))
-        try:
+        with typed_for_capture(self.model, untyped, {v.name: self._dtype(v) for v in untyped}):
             yield from self.calibration.iter_capture(self.model, values)
-        finally:
-            for value in untyped:
-                value.type = None
 
 
 def _has_subgraph(node: ir.Node) -> bool:

@@ -52,7 +52,7 @@ import scipy.linalg.lapack
 from . import ridge
 from .channels import Activation, ChannelGroup
 from .pass_api import PassContext
-from .reconstruct import LinearLayer, consumer_layers, iter_capture, one_blas_thread, pick_rows, row_quota
+from .reconstruct import LinearLayer, consumer_layers, one_blas_thread, pick_rows, row_quota
 
 #: Hessian damping relative to its mean diagonal (SparseGPT uses 1%).
 DAMP = 1e-2
@@ -119,7 +119,7 @@ def prepare_activation(
     counts: dict[tuple[str, int], int] = {}
     values = list({id(v): v for v in wanted.values()}.values())
     if values:
-        for captured in _ride(iter_capture(ctx, model, values + _rider_values(riders)), riders):
+        for captured in _ride(ctx.calibration.iter_capture(model, values + _rider_values(riders)), riders):
             for (name, axis), _ in wanted.items():
                 x = captured[name].astype(np.float64)
                 other = tuple(i for i in range(x.ndim) if i != axis)
@@ -396,7 +396,7 @@ def _batches(hessians: list[_Hessian]) -> list[list[_Hessian]]:
 def _accumulate(batch: list[_Hessian], ctx: PassContext, model: ir.Model, riders: Sequence = ()) -> None:
     n = len(ctx.calibration)
     values = [h.layer.input for h in batch] + _rider_values(riders)
-    for i, captured in enumerate(_ride(iter_capture(ctx, model, values), riders)):
+    for i, captured in enumerate(_ride(ctx.calibration.iter_capture(model, values), riders)):
         for h in batch:
             h.add(captured[h.layer.input.name], i, n, ctx.seed)
 

@@ -54,7 +54,6 @@ import numpy as np
 import onnx_ir as ir
 import threadpoolctl
 
-from . import shapes
 from .channels import ChannelGroup
 from .constants import ConstantTensor, add_initializer, constant
 from .pass_api import PassContext
@@ -325,29 +324,6 @@ def pick_rows(available: int, quota: int, rng: np.random.Generator) -> np.ndarra
     return np.sort(rng.choice(available, size=quota, replace=False))
 
 
-def iter_capture(ctx: PassContext, model: ir.Model, values: Sequence[ir.Value]) -> Iterator[dict[str, np.ndarray]]:
-    """``ctx.calibration.iter_capture`` with untyped values typed by onnx inference first.
-
-    Captured values become graph outputs, which need an element type; a model without value_info
-    has none on intermediate values (and guessing from a node's first typed input gets Reshape
-    wrong). The types set here are removed again afterwards.
-    """
-    untyped = [v for v in values if v.dtype is None]
-    if untyped:
-        try:
-            proto = shapes.infer(model, strict=False)
-            found = {vi.name: vi.type.tensor_type.elem_type for vi in proto.graph.value_info}
-        except shapes.ShapeInferenceError:
-            found = {}
-        for value in untyped:
-            value.dtype = ir.DataType(found[value.name]) if found.get(value.name) else ir.DataType.FLOAT
-    try:
-        yield from ctx.calibration.iter_capture(model, values)
-    finally:
-        for value in untyped:
-            value.type = None
-
-
 # --------------------------------------------------------------------------- the hook
 
 
@@ -482,7 +458,7 @@ class Reconstructor:
             n_samples = len(ctx.calibration)
             biases = [self._bias(t) for t in missing]
             quotas = [refit_quota(t.layer) for t in missing]
-            for i, captured in enumerate(iter_capture(ctx, model, [t.layer.output for t in missing])):
+            for i, captured in enumerate(ctx.calibration.iter_capture(model, [t.layer.output for t in missing])):
                 for t, bias, quota in zip(missing, biases, quotas):
                     y = captured[t.layer.output.name]
                     rows = refit_rows(quota, t.layer.n_out_rows(y.shape), n_samples, ctx.seed, i)

@@ -25,7 +25,7 @@ from typing import Literal
 import numpy as np
 import onnx_ir as ir
 
-from onnxslim import shapes, sparse_codec
+from onnxslim import sparse_codec
 from onnxslim.constants import ConstantTensor, constant, iter_nodes
 from onnxslim.errors import UsageError, arg
 from onnxslim.pass_api import Pass, PassContext, PassResult, option
@@ -262,33 +262,13 @@ def _input_norms(model: ir.Model, layers: list[_Layer], ctx: PassContext, notes:
         )
     sums: dict[str, np.ndarray] = {}
     values = [layer.node.inputs[0] for layer in reachable]
-    untyped = [v for v in values if v.dtype is None]
-    _infer_dtypes(model, untyped)  # captured outputs need an element type
-    try:
-        for captured in ctx.calibration.iter_capture(model, values):
-            for layer in reachable:
-                x = captured[layer.node.inputs[0].name].astype(np.float64)
-                axis = _feature_axis(layer.node, x.ndim)
-                squares = np.sum(np.square(x), axis=tuple(a for a in range(x.ndim) if a != axis))
-                sums[layer.name] = sums.get(layer.name, 0) + squares
-    finally:
-        for value in untyped:  # leave the model's type annotations as they were
-            value.type = None
+    for captured in ctx.calibration.iter_capture(model, values):
+        for layer in reachable:
+            x = captured[layer.node.inputs[0].name].astype(np.float64)
+            axis = _feature_axis(layer.node, x.ndim)
+            squares = np.sum(np.square(x), axis=tuple(a for a in range(x.ndim) if a != axis))
+            sums[layer.name] = sums.get(layer.name, 0) + squares
     return {name: np.sqrt(total) for name, total in sums.items()}
-
-
-def _infer_dtypes(model: ir.Model, values: list[ir.Value]) -> None:
-    """Give untyped values their element type from onnx type inference (activations: float)."""
-    if not values:
-        return
-    try:
-        proto = shapes.infer(model, strict=False)
-        inferred = {vi.name: vi.type.tensor_type.elem_type for vi in proto.graph.value_info}
-    except shapes.ShapeInferenceError:
-        inferred = {}
-    for value in values:
-        elem = inferred.get(value.name)
-        value.dtype = ir.DataType(elem) if elem else ir.DataType.FLOAT
 
 
 def _feature_axis(node: ir.Node, rank: int) -> int:

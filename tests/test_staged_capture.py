@@ -131,3 +131,33 @@ def test_a_segment_onnxruntime_refuses_falls_back_to_whole_model_runs(monkeypatc
     assert not staged.staged
     for g, e in zip(got, whole(model, samples, [layer.inputs[0]])):
         np.testing.assert_allclose(g[layer.inputs[0].name], e[layer.inputs[0].name])
+
+
+def test_capture_types_untyped_values_by_inference_and_leaves_annotations_alone():
+    """A value without a type is captured with the type onnx inference gives it (a Cast to
+    int64 after a float input: guessing from the producer's input would say float and
+    onnxruntime would refuse the session), and the model's annotations stay as they were."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = helper.make_graph(
+        [
+            helper.make_node("Relu", ["x"], ["r"]),
+            helper.make_node("Cast", ["r"], ["c"], to=TensorProto.INT64),
+            helper.make_node("Cast", ["c"], ["y"], to=TensorProto.FLOAT),
+        ],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])],
+    )
+    proto = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.checker.check_model(proto)
+    model = model_io.load(proto)
+    values = {v.name: v for n in model.graph for v in n.outputs}
+    assert values["c"].dtype is None and values["r"].dtype is None
+    samples = [{"x": np.array([[-1.5, 0.2, 2.7, 3.0]], dtype=np.float32)}]
+    wanted = [values["c"], values["r"]]
+    for captured in (list(Calibration(samples).iter_capture(model, wanted)), list(Calibration(samples).staged(model).iter_capture(wanted))):
+        assert captured[0]["c"].dtype == np.int64 and captured[0]["c"].tolist() == [[0, 0, 2, 3]]
+        assert captured[0]["r"].dtype == np.float32
+        assert values["c"].dtype is None and values["r"].dtype is None
