@@ -20,6 +20,11 @@ ours (e.g. ``git archive main | tar -x -C DIR``), run with this interpreter, for
 tables; ``--tools`` keeps only the named rows. Default models: the fixtures and, if fetched, the real
 models of ../shared/corpus (in ~/.cache/onnxslim-corpus).
 
+The first line says which ml_dtypes and onnx each interpreter has: ml_dtypes 0.7.0 alone adds
+~1 s to every tool's start-up (onnxslim's requirements skip it; the peers' do not). To compare the
+work itself on equal start-up, point the flags at copies of the peers' venvs with the same
+ml_dtypes as ours.
+
 Our source trees are byte-compiled first (``compileall``), as ``pip install`` does for the peers'
 packages: with ``PYTHONDONTWRITEBYTECODE`` set, an editable checkout would otherwise compile every
 module of ours from source in every run (~0.1 CPU-s), which no installed copy does.
@@ -177,6 +182,16 @@ def main() -> None:
     for tree in {ROOT if t != "ours baseline" else args.baseline for t in tools if t.startswith("ours")}:
         folders = [str(tree / d) for d in ("onnxslim", "passes") if (tree / d).is_dir()]
         subprocess.run([sys.executable, "-m", "compileall", "-q", *folders], check=True, capture_output=True)
+    # Start-up depends on the environment as much as on the tool (ml_dtypes 0.7.0, which onnx
+    # imports, takes ~1 s to import; 0.6.0 ~0.1 s): say what each interpreter has.
+    versions = {}
+    for python in dict.fromkeys(tools.values()):
+        probe = "import importlib.metadata as m; print(m.version('ml_dtypes'), m.version('onnx'))"
+        versions[python] = subprocess.run([python, "-c", probe], capture_output=True, text=True).stdout.split()
+    print("environments: " + "; ".join(
+        f"{t}: ml_dtypes {v[0]}, onnx {v[1]}" if len(v) == 2 else f"{t}: ?"
+        for t, v in ((t, versions[p]) for t, p in tools.items() if t != "ours --no-validate")
+    ))
     print(
         f"{'model':<30} {'tool':<20} {'nodes':>11} {'CPU s':>7} {'CPU/best':>8} {'RSS MiB':>8} "
         f"{'RSS/best':>8} {'RSS-1.5W':>8} {'max |Δ|':>9} {'rel':>8}"
