@@ -95,11 +95,15 @@ class _G:
         return m
 
 
-def mobilenetv2(image_size: int = 160) -> onnx.ModelProto:
+def mobilenetv2(image_size: int = 160, width: float = 1.0) -> onnx.ModelProto:
+    """MobileNetV2; ``width`` < 1 builds the architecture *designed* at that width multiplier
+    (every width scaled, rounded to a multiple of 8 as in the paper, the last conv included)."""
     g = _G(1)
-    x = g.conv("input", 3, 32, 3, 2, act="relu6")
-    cin = 32
+    scaled = (lambda c: c) if width == 1.0 else (lambda c: max(8, int(c * width / 8 + 0.5) * 8))
+    x = g.conv("input", 3, scaled(32), 3, 2, act="relu6")
+    cin = scaled(32)
     for t, c, n, s in [(1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2), (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1)]:
+        c = scaled(c)
         for i in range(n):
             stride = s if i == 0 else 1
             hidden = cin * t
@@ -108,9 +112,10 @@ def mobilenetv2(image_size: int = 160) -> onnx.ModelProto:
             y = g.conv(y, hidden, c, 1, act=None)
             x = g.node("Add", [x, y]) if stride == 1 and cin == c else y
             cin = c
-    x = g.conv(x, cin, 1280, 1, act="relu6")
+    last = scaled(1280)
+    x = g.conv(x, cin, last, 1, act="relu6")
     x = g.node("Flatten", [g.node("GlobalAveragePool", [x])])
-    x = g.node("Gemm", [x, g.t("fc", g.rng.normal(0, 0.03, (1000, 1280))), g.t("fcb", np.zeros(1000))], transB=1)
+    x = g.node("Gemm", [x, g.t("fc", g.rng.normal(0, 0.03, (1000, last))), g.t("fcb", np.zeros(1000))], transB=1)
     return g.model(["N", 3, image_size, image_size], x, "logits")
 
 
@@ -232,6 +237,9 @@ def main() -> None:
                         help="onnxruntime's idle intra-op threads spin (its default) or sleep (default here: see the docstring)")
     parser.add_argument("--wall-stat", choices=("median", "p10"), default="median",
                         help="statistic of wall-clock cells (2 threads): p10 = 10th percentile, the calls the machine's load left alone")
+    parser.add_argument("--designed", action="store_true",
+                        help="MobileNetV2: also time the architecture designed at width ×(1−ratio) (the paper's width multiplier), "
+                             "a reference for what that width can reach at all")
     parser.add_argument("--profile", action="store_true", help="print where onnxruntime's time goes (original and pruned)")
     args = parser.parse_args()
     variants = [_round_to(v) for v in args.variants.split(",")]
@@ -248,6 +256,11 @@ def main() -> None:
         original = MODELS[name](size)
         shape = {"input": [1, 3, size, size]}
         models = {(r, v): pruned(original, r, v, shape) for r in ratios for v in variants}
+        if args.designed and name == "mobilenetv2":
+            base_macs = stats.compute(model_io.load(original), shape).macs
+            for r in ratios:
+                designed = mobilenetv2(size, width=1 - r)
+                models[(r, "designed")] = (designed, base_macs / stats.compute(model_io.load(designed), shape).macs, [])
         keys = list(models)
         for batch in (int(b) for b in args.batches.split(",")):
             feed = {"input": np.random.default_rng(0).standard_normal((batch, 3, size, size), dtype=np.float32)}
@@ -263,6 +276,10 @@ def main() -> None:
                         i = keys.index((r, v))
                         lat, macs = base / stat(times[1 + i]), models[(r, v)][1]
                         cells.append(f"{macs:>6.2f} {lat:>6.2f} {lat / macs:>5.2f}")
+                    if (r, "designed") in models:
+                        i = keys.index((r, "designed"))
+                        lat, macs = base / stat(times[1 + i]), models[(r, "designed")][1]
+                        cells.append(f"designed ×{1 - r:.1f}: {macs:>5.2f} {lat:>5.2f} {lat / macs:>5.2f}")
                     label = clock if clock == "cpu" or args.wall_stat == "median" else "p10"
                     print(f"{name + '@' + str(size):<16} {r:>5.1f} {batch:>5} {threads:>3} {label:>5} │ {' │ '.join(cells)}  load {os.getloadavg()[0]:.1f}",
                           flush=True)
