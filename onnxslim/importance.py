@@ -409,6 +409,7 @@ def obs(group: ChannelGroup, ctx: PassContext, model: ir.Model) -> np.ndarray:
 
 
 obs.prepare = prepare_obs  # type: ignore[attr-defined]
+obs.fallback = lambda group, ctx: fallback("obs", group, ctx)  # type: ignore[attr-defined]
 
 
 def _rider_values(riders: Sequence) -> list[ir.Value]:
@@ -423,7 +424,6 @@ def _ride(captures, riders: Sequence):
         for rider in riders:
             rider.observe(i, captured)
         yield captured
-obs.fallback = lambda group, ctx: fallback("obs", group, ctx)  # type: ignore[attr-defined]
 
 
 def _weight_l2(group: ChannelGroup) -> np.ndarray:

@@ -103,6 +103,18 @@ class Gram:
         ``free`` rows (intercept) are not damped. Fewer rows than MIN_ROWS_PER_UNKNOWN per
         unknown scale the damping up."""
         self._settle()
+        g, c = self._damped(parts, prior, free)
+        try:
+            # Cholesky factor and solve (LAPACK potrf/potrs): the same math as
+            # solve(assume_a="pos"), ~1.5× faster in scipy 1.17 for D ~ 1000–2000
+            factor = scipy.linalg.cho_factor(g, lower=True, overwrite_a=True, check_finite=False)
+            return scipy.linalg.cho_solve(factor, c, overwrite_b=True, check_finite=False)
+        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
+            g, c = self._damped(parts, prior, free)  # the factorisation overwrote the first
+            return np.linalg.lstsq(g, c, rcond=None)[0]
+
+    def _damped(self, parts: Sequence[int], prior: np.ndarray, free: int) -> tuple[np.ndarray, np.ndarray]:
+        """New arrays: the normal equations over ``parts`` with the ridge towards ``prior``."""
         g, c = self._sum(self.g, parts), self._sum(self.c, parts)
         rows = self.fit_rows if list(parts) == [0] else self.rows
         diag = np.diag(g)[: len(g) - free]
@@ -110,16 +122,7 @@ class Gram:
         idx = np.arange(len(g) - free)
         g[idx, idx] += lam
         c[idx] += lam * prior[idx]
-        try:
-            # Cholesky factor and solve (LAPACK potrf/potrs): the same math as
-            # solve(assume_a="pos"), ~1.5× faster in scipy 1.17 for D ~ 1000–2000
-            factor = scipy.linalg.cho_factor(g, lower=True, overwrite_a=True, check_finite=False)
-            return scipy.linalg.cho_solve(factor, c, overwrite_b=True, check_finite=False)
-        except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
-            g, c = self._sum(self.g, parts), self._sum(self.c, parts)
-            g[idx, idx] += lam
-            c[idx] += lam * prior[idx]
-            return np.linalg.lstsq(g, c, rcond=None)[0]
+        return g, c
 
     @staticmethod
     def _sum(stat: np.ndarray, parts: Sequence[int]) -> np.ndarray:
@@ -135,12 +138,12 @@ class Rows:
     3×3 Conv of 512 channels, R a few hundred output positions of a deep layer); the same ridge
     solution comes from the R×R dual system (Woodbury), ``W = W₀ + X_cᵀ(X_cX_cᵀ + λI)⁻¹(Y_c −
     X_cW₀)``, where the undamped intercept is eliminated by centering (``_c``: minus the column
-    means over the rows used). Same interface and same λ as :class:`Gram`.
+    means over the rows used). Same interface and same λ as :class:`Gram` (``width`` and
+    ``outputs`` are read off the rows).
     """
 
     def __init__(self, width: int, outputs: int, damp: float):
         self.damp = damp
-        self.width = width
         self.parts: list[tuple[np.ndarray, np.ndarray, np.ndarray]] = []
         self.rows = 0
         self.fit_rows = 0
@@ -200,7 +203,8 @@ class Rows:
         # float32 products of the (float32) rows, as the Gram form's; the R×R solve in float64
         rhs = yc - xc @ prior[:d].astype(np.float32)
         try:
-            alpha = scipy.linalg.cho_solve(scipy.linalg.cho_factor(k, lower=True, overwrite_a=True, check_finite=False), rhs, check_finite=False)
+            factor = scipy.linalg.cho_factor(k, lower=True, overwrite_a=True, check_finite=False)
+            alpha = scipy.linalg.cho_solve(factor, rhs, check_finite=False)
         except (np.linalg.LinAlgError, scipy.linalg.LinAlgError):
             alpha = np.linalg.lstsq(k, rhs, rcond=None)[0]
         w = prior[:d] + xc.T @ alpha.astype(np.float32)
